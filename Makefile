@@ -1,0 +1,51 @@
+# imagecopy — see README.md. `make test` works from a fresh clone: it installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TOOLS := $(CURDIR)/.tools
+export PATH := $(TOOLS)/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: test venv tools controlplane lint typecheck unit integration e2e demo bench clean
+
+test: venv tools controlplane lint typecheck unit integration e2e
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip || $(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,bench]' || $(PY) -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+tools:
+	bash scripts/install-tools.sh
+
+controlplane:
+	bash e2e/tools/build-control-plane.sh
+
+lint: venv
+	$(VENV)/bin/ruff check operator tests e2e bench
+	$(VENV)/bin/ruff format --check operator tests e2e bench
+	$(VENV)/bin/lint-imports
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+integration: venv tools
+	$(PY) -m pytest -q tests/integration
+
+e2e: venv tools controlplane
+	$(PY) -m pytest -q e2e
+
+demo: venv tools controlplane
+	$(PY) e2e/demo.py
+
+bench: venv tools
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

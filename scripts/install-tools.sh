@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Everything the integration tests need besides Python: registries and peer tools.
+source "$(dirname "$0")/lib.sh"
+apt_install docker-registry skopeo ca-certificates openssl
+"$(dirname "$0")/go-tool.sh" registry github.com/distribution/distribution/v3/cmd/registry v3.1.1
+"$(dirname "$0")/go-tool.sh" crane github.com/google/go-containerregistry/cmd/crane v0.22.1
+"$(dirname "$0")/go-tool.sh" oras oras.land/oras/cmd/oras v1.3.6
