@@ -1,0 +1,5 @@
+"""`python -m imagecopy`."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,261 @@
+"""The `imagecopy` command line: argument parsing and progress rendering over the engine.
+
+Heavy modules (httpx, rich, kopf) are imported lazily so `imagecopy version` and the start of
+every copy stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TextIO
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .copy.options import BlobOutcome
+    from .copy.report import CopyReport
+    from .oci.descriptor import Descriptor
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagecopy",
+        description="Copy OCI images between registries, mounting blobs instead of moving them.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    cp = sub.add_parser("copy", help="copy an image (and optionally its referrers)")
+    cp.add_argument("source", metavar="SOURCE", help="image to copy: repo:tag, repo@digest or both")
+    cp.add_argument("destination", metavar="DESTINATION", help="where to: repo:tag or repo@digest")
+    cp.add_argument(
+        "--platform",
+        action="append",
+        default=[],
+        metavar="OS/ARCH[/VARIANT]",
+        help="copy only these platforms of an index (repeatable)",
+    )
+    cp.add_argument(
+        "--referrers", action="store_true", help="also copy signatures/SBOMs/attestations"
+    )
+    cp.add_argument(
+        "--additional-tag", action="append", default=[], metavar="TAG", help="extra destination tag"
+    )
+    cp.add_argument(
+        "--tag-policy",
+        choices=["Overwrite", "IfNotPresent", "Immutable"],
+        default="Overwrite",
+        help="what to do when a destination tag exists (default Overwrite)",
+    )
+    cp.add_argument("--no-mount", action="store_true", help="never use cross-repository mounts")
+    cp.add_argument(
+        "--mount-from",
+        action="append",
+        default=[],
+        metavar="REPO",
+        help="extra mount source repository on the destination registry (repeatable)",
+    )
+    cp.add_argument("--concurrency", type=int, default=8, metavar="N", help="parallel uploads")
+    cp.add_argument(
+        "--plain-http",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="talk plain HTTP to this registry (repeatable)",
+    )
+    cp.add_argument(
+        "--insecure",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="skip TLS verification for this registry (repeatable)",
+    )
+    cp.add_argument("--ca-file", metavar="PEM", help="extra CA bundle to trust")
+    cp.add_argument("--docker-config", metavar="PATH", help="docker config.json with credentials")
+    cp.add_argument("--dry-run", action="store_true", help="plan and count; write nothing")
+    cp.add_argument("--json", action="store_true", help="print one JSON object with the report")
+    cp.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+
+    op = sub.add_parser("operator", help="run the Kubernetes operator (kopf run options follow)")
+    op.add_argument("kopf_args", nargs=argparse.REMAINDER)
+
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["operator"]:
+        from .controller.main import run_operator
+
+        return run_operator(args_list[1:])
+    parser = _parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command == "version":
+        print(f"imagecopy {__version__}")
+        return EXIT_OK
+    return _copy_command(args)
+
+
+def _copy_command(args: argparse.Namespace) -> int:
+    from .copy.options import CopyOptions, TagPolicy
+    from .oci.credentials import CredentialStore
+    from .oci.errors import ImageCopyError, InvalidReference, InvalidSpec
+    from .oci.reference import Reference, parse_platform
+
+    try:
+        source = Reference.parse(args.source)
+        destination = Reference.parse(args.destination, default_tag=None)
+        platforms = tuple(parse_platform(p) for p in args.platform)
+        if args.concurrency < 1:
+            raise InvalidSpec("--concurrency must be at least 1")
+        for tag in args.additional_tag:
+            Reference.parse(f"{destination.registry}/{destination.repository}:{tag}")
+        for repo in args.mount_from:
+            Reference.parse(f"{destination.registry}/{repo}:x")
+        credentials = CredentialStore.load(args.docker_config)
+    except (InvalidReference, InvalidSpec) as exc:
+        print(f"imagecopy: {exc.label}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ImageCopyError as exc:
+        print(f"imagecopy: {exc.label}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+    options = CopyOptions(
+        platforms=platforms,
+        referrers=args.referrers,
+        additional_tags=tuple(args.additional_tag),
+        tag_policy=TagPolicy(args.tag_policy),
+        mount=not args.no_mount,
+        mount_from=tuple(args.mount_from),
+        concurrency=args.concurrency,
+        dry_run=args.dry_run,
+    )
+    renderer: _Renderer | None = None
+    if not args.quiet:
+        renderer = _Renderer(sys.stderr, json_mode=args.json)
+        options = _with_progress(options, renderer)
+    try:
+        report = asyncio.run(
+            _run_copy(source, destination, options, credentials, args), debug=False
+        )
+    except ImageCopyError as exc:
+        if renderer:
+            renderer.stop()
+        print(f"imagecopy: {exc.label}: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, InvalidSpec | InvalidReference) else EXIT_FAILED
+    except KeyboardInterrupt:
+        if renderer:
+            renderer.stop()
+        print("imagecopy: interrupted", file=sys.stderr)
+        return 130
+    if renderer:
+        renderer.stop()
+    if args.json:
+        print(json.dumps(report.to_json()))
+    elif not args.quiet:
+        print(f"{report.destination_pinned}: {report.summary()}")
+    return EXIT_OK
+
+
+def _with_progress(options: Any, renderer: _Renderer) -> Any:
+    from dataclasses import replace
+
+    return replace(options, progress=renderer)
+
+
+async def _run_copy(
+    source: Any, destination: Any, options: Any, credentials: Any, args: argparse.Namespace
+) -> CopyReport:
+    from .copy.engine import Copier
+    from .oci.client import RegistryPool, TransportSettings
+
+    settings = TransportSettings(
+        plain_http=frozenset(args.plain_http),
+        insecure=frozenset(args.insecure),
+        ca_file=args.ca_file,
+    )
+    async with RegistryPool(settings) as pool:
+        return await Copier(pool).copy(source, destination, options, credentials)
+
+
+class _Renderer:
+    """Progress: a rich bar on a TTY, one plain line per blob otherwise."""
+
+    def __init__(self, stream: TextIO, json_mode: bool) -> None:
+        self.stream = stream
+        self.tty = stream.isatty() and os.environ.get("TERM") != "dumb"
+        self.json_mode = json_mode
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TransferSpeedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                console=Console(file=stream),
+                transient=False,
+            )
+            self._progress.start()
+
+    def blob_started(self, desc: Descriptor) -> None:
+        if self._progress is not None:
+            self._tasks[desc.digest] = self._progress.add_task(
+                desc.digest[7:19], total=desc.size or 1
+            )
+
+    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None:
+        if self._progress is not None and desc.digest in self._tasks:
+            self._progress.advance(self._tasks[desc.digest], nbytes)
+
+    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None:
+        from .copy.report import human_bytes
+
+        if self._progress is not None:
+            task = self._tasks.get(desc.digest)
+            if task is not None:
+                self._progress.update(
+                    task,
+                    completed=desc.size or 1,
+                    description=f"{desc.digest[7:19]} {outcome.value}",
+                )
+            return
+        if not self.json_mode:
+            print(
+                f"{outcome.value:<8} {desc.digest} ({human_bytes(desc.size)})",
+                file=self.stream,
+                flush=True,
+            )
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

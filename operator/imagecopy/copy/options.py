@@ -1,0 +1,57 @@
+"""Copy options: every policy of a copy, with documented defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from ..oci.descriptor import Descriptor
+from ..oci.reference import Platform
+
+__all__ = ["BlobOutcome", "CopyOptions", "ProgressListener", "TagPolicy"]
+
+
+class TagPolicy(StrEnum):
+    OVERWRITE = "Overwrite"  # move the destination tag
+    IF_NOT_PRESENT = "IfNotPresent"  # leave an existing tag alone
+    IMMUTABLE = "Immutable"  # refuse to move a tag that points elsewhere
+
+
+class BlobOutcome(StrEnum):
+    MOUNTED = "mounted"
+    UPLOADED = "uploaded"
+    EXISTING = "existing"
+
+
+class ProgressListener(Protocol):
+    """Receives progress; the CLI renders it, the operator ignores it."""
+
+    def blob_started(self, desc: Descriptor) -> None: ...
+    def blob_advanced(self, desc: Descriptor, nbytes: int) -> None: ...
+    def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None: ...
+
+
+@dataclass(frozen=True)
+class CopyOptions:
+    #: Keep only these platforms of an index (attestations of kept platforms stay).
+    platforms: tuple[Platform, ...] = ()
+    #: Copy manifests that refer to the copied ones (signatures, SBOMs, attestations).
+    referrers: bool = False
+    additional_tags: tuple[str, ...] = ()
+    tag_policy: TagPolicy = TagPolicy.OVERWRITE
+    #: Link blobs with cross-repository mounts where the registry allows it.
+    mount: bool = True
+    #: Extra mount sources on the destination registry, tried before remembered locations.
+    mount_from: tuple[str, ...] = ()
+    #: Concurrent blob uploads (streams). Mounts are cheap and run wider.
+    concurrency: int = 8
+    mount_concurrency: int = 64
+    #: Plan the copy with the same counts; write nothing.
+    dry_run: bool = False
+    #: Upload chunk size for the chunked (PATCH) fallback and stream reads.
+    chunk_size: int = 8 * 1024 * 1024
+    #: Attempts per blob transfer on transient failures (the stream cannot be replayed by
+    #: the transport, so the engine retries the whole blob).
+    blob_attempts: int = 3
+    progress: ProgressListener | None = None

@@ -1,0 +1,126 @@
+"""What a copy did, counted exactly: the numbers of `status.lastCopy` and `--json`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["CopyReport", "Outcome", "human_bytes"]
+
+
+class Outcome(StrEnum):
+    COPIED = "Copied"  # something was pushed or linked
+    UP_TO_DATE = "UpToDate"  # the destination already held everything
+    TAG_EXISTS = "TagExists"  # tagPolicy IfNotPresent left an existing tag alone
+
+
+def human_bytes(n: int) -> str:
+    """1288490188 → '1.2 GiB' (binary units, one decimal above KiB)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{int(value)} B"
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+@dataclass
+class CopyReport:
+    source: str
+    destination: str
+    source_digest: str = ""
+    destination_digest: str = ""
+    destination_pinned: str = ""
+    outcome: Outcome = Outcome.COPIED
+    manifests_copied: int = 0
+    manifests_existing: int = 0
+    blobs_mounted: int = 0
+    blobs_uploaded: int = 0
+    blobs_existing: int = 0
+    bytes_mounted: int = 0
+    bytes_uploaded: int = 0
+    bytes_existing: int = 0
+    referrers: int = 0
+    requests: int = 0
+    duration_seconds: float = 0.0
+    dry_run: bool = False
+    tags: list[str] = field(default_factory=list)
+    start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def blobs_total(self) -> int:
+        return self.blobs_mounted + self.blobs_uploaded + self.blobs_existing
+
+    @property
+    def bytes_total(self) -> int:
+        return self.bytes_mounted + self.bytes_uploaded + self.bytes_existing
+
+    @property
+    def bytes_saved(self) -> int:
+        """Bytes that crossed no network: mounted plus already there."""
+        return self.bytes_mounted + self.bytes_existing
+
+    @property
+    def moved_anything(self) -> bool:
+        return self.outcome is Outcome.COPIED
+
+    def summary(self) -> str:
+        """One human sentence, used as the Ready message and the CLI's last line."""
+        if self.outcome is Outcome.UP_TO_DATE:
+            return f"{self.destination} is up to date at {self.destination_digest}"
+        if self.outcome is Outcome.TAG_EXISTS:
+            return f"{self.destination} exists and tagPolicy IfNotPresent leaves it alone"
+        prefix = "would copy " if self.dry_run else ""
+        blobs = (
+            f"{self.blobs_total} blobs: {self.blobs_mounted} mounted, "
+            f"{self.blobs_existing} existing, {self.blobs_uploaded} uploaded"
+        )
+        return f"{prefix}{blobs}; {human_bytes(self.bytes_saved)} not transferred"
+
+    def last_copy(self) -> dict[str, Any]:
+        """The `status.lastCopy` object."""
+        return {
+            "startTime": self.start_time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "durationSeconds": round(self.duration_seconds, 3),
+            "manifests": {"copied": self.manifests_copied, "existing": self.manifests_existing},
+            "blobs": {
+                "total": self.blobs_total,
+                "mounted": self.blobs_mounted,
+                "uploaded": self.blobs_uploaded,
+                "existing": self.blobs_existing,
+            },
+            "bytes": {
+                "total": self.bytes_total,
+                "mounted": self.bytes_mounted,
+                "uploaded": self.bytes_uploaded,
+                "existing": self.bytes_existing,
+            },
+            "bytesSaved": self.bytes_saved,
+            "saved": human_bytes(self.bytes_saved),
+            "referrers": self.referrers,
+            "requests": self.requests,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's `--json` object (API.md §3)."""
+        last = self.last_copy()
+        return {
+            "source": self.source,
+            "destination": self.destination,
+            "sourceDigest": self.source_digest,
+            "destinationDigest": self.destination_digest,
+            "destinationImage": self.destination_pinned,
+            "outcome": self.outcome.value,
+            "manifests": last["manifests"],
+            "blobs": last["blobs"],
+            "bytes": last["bytes"],
+            "bytesSaved": self.bytes_saved,
+            "referrers": self.referrers,
+            "requests": self.requests,
+            "durationSeconds": last["durationSeconds"],
+            "dryRun": self.dry_run,
+        }

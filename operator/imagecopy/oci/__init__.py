@@ -1,0 +1,1 @@
+"""Registry protocol: references, media types, descriptors, auth and the HTTP client."""

@@ -1,0 +1,61 @@
+"""Content digests: compute and verify sha256/sha512 digests of bytes and streams."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from .errors import DigestMismatch, UnsupportedMediaType
+
+__all__ = ["DigestVerifier", "compute_digest", "verify_bytes"]
+
+_ALGORITHMS = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
+
+
+def _hasher(algorithm: str) -> Any:
+    try:
+        return _ALGORITHMS[algorithm]()
+    except KeyError:
+        raise UnsupportedMediaType(
+            f"digest algorithm {algorithm!r} is not supported (sha256 and sha512 are)"
+        ) from None
+
+
+def compute_digest(data: bytes, algorithm: str = "sha256") -> str:
+    h = _hasher(algorithm)
+    h.update(data)
+    return f"{algorithm}:{h.hexdigest()}"
+
+
+def verify_bytes(data: bytes, expected: str, what: str) -> None:
+    algorithm = expected.split(":", 1)[0]
+    actual = compute_digest(data, algorithm)
+    if actual != expected:
+        raise DigestMismatch(f"{what} has digest {actual}, expected {expected}")
+
+
+class DigestVerifier:
+    """Hashes a stream incrementally and checks digest and size at the end."""
+
+    def __init__(self, expected: str, size: int | None) -> None:
+        self.expected = expected
+        self.size = size
+        self._hash = _hasher(expected.split(":", 1)[0])
+        self.seen = 0
+
+    def update(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self.seen += len(chunk)
+        if self.size is not None and self.seen > self.size:
+            raise DigestMismatch(
+                f"blob {self.expected} is longer than its descriptor's {self.size} bytes"
+            )
+
+    def verify(self) -> None:
+        if self.size is not None and self.seen != self.size:
+            raise DigestMismatch(
+                f"blob {self.expected} has {self.seen} bytes, its descriptor says {self.size}"
+            )
+        actual = f"{self.expected.split(':', 1)[0]}:{self._hash.hexdigest()}"
+        if actual != self.expected:
+            raise DigestMismatch(f"blob content has digest {actual}, expected {self.expected}")

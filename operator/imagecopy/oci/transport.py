@@ -1,0 +1,238 @@
+"""HTTP transport wrappers: retries with backoff, and per-copy request accounting.
+
+This module owns the ``httpx.AsyncBaseTransport`` layers under the registry client, composed
+as ``RetryTransport(CountingTransport(httpx.AsyncHTTPTransport(...)))`` so every attempt that
+reaches the network is counted once. Neither layer knows about registries beyond the URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "RETRY_STATUSES",
+    "STATS",
+    "CountingTransport",
+    "RequestStats",
+    "RetryPolicy",
+    "RetryTransport",
+    "parse_retry_after",
+    "registry_of",
+    "request_is_replayable",
+    "stats_for",
+]
+
+log = logging.getLogger(__name__)
+
+#: Key in ``request.extensions`` holding the ``RequestStats`` the request is counted in.
+STATS = "imagecopy.stats"
+#: Statuses worth another try of the same request.
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Methods a repeat cannot change the outcome of (RFC 9110 §9.2.2).
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+
+# Failures before the request left this host: safe to repeat for any method.
+_NOT_SENT_ERRORS: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout)
+# Failures after the request may have been processed: safe only for idempotent methods.
+_MAYBE_SENT_ERRORS: tuple[type[Exception], ...] = (httpx.ReadError, httpx.RemoteProtocolError)
+
+
+def request_is_replayable(request: httpx.Request) -> bool:
+    """Whether the request body can be sent again: no body, or an in-memory byte body.
+
+    Bodies built from (async) iterators are consumed by the first attempt.
+    """
+    return isinstance(request.stream, httpx.ByteStream)
+
+
+def registry_of(url: httpx.URL) -> str:
+    """``host[:port]`` of a URL, the registry label used for accounting."""
+    host = url.host
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return host if url.port is None else f"{host}:{url.port}"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a request is tried."""
+
+    #: Total tries, the first included.
+    attempts: int = 5
+    #: Seconds; the n-th retry waits up to ``backoff_base * 2**(n-1)`` (full jitter).
+    backoff_base: float = 0.2
+    backoff_max: float = 10.0
+    #: A server's ``Retry-After`` is honoured up to this many seconds.
+    retry_after_max: float = 60.0
+
+    def backoff(self, retry: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based): full jitter, capped."""
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** max(retry - 1, 0))
+        return (rng or random).uniform(0.0, ceiling)
+
+
+def parse_retry_after(value: str | None, *, now: float, cap: float) -> float | None:
+    """Seconds a ``Retry-After`` value asks for (delta-seconds or HTTP-date), capped.
+
+    ``None`` when absent or unreadable, so the caller falls back to its own backoff.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - now
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), cap)
+
+
+class RetryTransport(httpx.AsyncBaseTransport):
+    """Repeats requests that failed in a way another try can fix.
+
+    Retried: connect errors (any method), read errors and protocol errors (idempotent methods
+    only), and the statuses in ``RETRY_STATUSES`` — always only when the body is replayable.
+    Waits ``Retry-After`` when given, else exponential backoff with full jitter. The last
+    response is returned, or the last exception raised.
+    """
+
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport,
+        policy: RetryPolicy = RetryPolicy(),
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.inner = inner
+        self.policy = policy
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        replayable = request_is_replayable(request)
+        idempotent = request.method.upper() in IDEMPOTENT_METHODS
+        attempts = max(self.policy.attempts, 1)
+        for attempt in range(1, attempts + 1):
+            last = attempt == attempts
+            try:
+                response = await self.inner.handle_async_request(request)
+            except _NOT_SENT_ERRORS as exc:
+                if last or not replayable:
+                    raise
+                delay = self.policy.backoff(attempt, self._rng)
+                reason = type(exc).__name__
+            except _MAYBE_SENT_ERRORS as exc:
+                if last or not replayable or not idempotent:
+                    raise
+                delay = self.policy.backoff(attempt, self._rng)
+                reason = type(exc).__name__
+            else:
+                if last or not replayable or response.status_code not in RETRY_STATUSES:
+                    return response
+                asked = parse_retry_after(
+                    response.headers.get("Retry-After"),
+                    now=self._clock(),
+                    cap=self.policy.retry_after_max,
+                )
+                delay = asked if asked is not None else self.policy.backoff(attempt, self._rng)
+                reason = str(response.status_code)
+                await response.aclose()
+            log.debug(
+                "retrying %s %s after %s in %.2fs (attempt %d of %d)",
+                request.method,
+                registry_of(request.url),
+                reason,
+                delay,
+                attempt + 1,
+                attempts,
+            )
+            await self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@dataclass
+class RequestStats:
+    """Counts of HTTP requests by ``(registry, method, code)``; one per copy."""
+
+    #: Called with ``(registry, method, code)`` on each record, e.g. a Prometheus counter.
+    listeners: list[Callable[[str, str, str], None]] = field(default_factory=list)
+    _counts: Counter[tuple[str, str, str]] = field(default_factory=Counter, init=False, repr=False)
+
+    def record(self, registry: str, method: str, code: str) -> None:
+        self._counts[(registry, method, code)] += 1
+        for listener in self.listeners:
+            try:
+                listener(registry, method, code)
+            except Exception:
+                # Accounting must never fail a copy.
+                log.exception("request stats listener failed")
+
+    @property
+    def total(self) -> int:
+        return sum(self._counts.values())
+
+    def by_key(self) -> dict[tuple[str, str, str], int]:
+        return dict(self._counts)
+
+
+def stats_for(request: httpx.Request) -> RequestStats | None:
+    """The ``RequestStats`` stored under ``STATS`` in the request's extensions, if any."""
+    stats = request.extensions.get(STATS)
+    return stats if isinstance(stats, RequestStats) else None
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """Records every request it sends in the ``RequestStats`` ``stats_for`` picks for it.
+
+    The code is the status as text, or ``"error"`` when no response came back. Looking the
+    stats up per request lets concurrent copies share one connection pool.
+    """
+
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport,
+        stats_for: Callable[[httpx.Request], RequestStats | None] = stats_for,
+    ) -> None:
+        self.inner = inner
+        self._stats_for = stats_for
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        stats = self._stats_for(request)
+        try:
+            response = await self.inner.handle_async_request(request)
+        except Exception:
+            if stats is not None:
+                stats.record(registry_of(request.url), request.method, "error")
+            raise
+        if stats is not None:
+            stats.record(registry_of(request.url), request.method, str(response.status_code))
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
