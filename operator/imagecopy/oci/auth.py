@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import logging
 import time
@@ -24,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+
 from imagecopy.oci.credentials import Credential
 from imagecopy.oci.errors import (
     InvalidReference,
@@ -347,7 +349,8 @@ class RegistryAuth(httpx.Auth):
         needed = scopes_for_request(request)
         sent = await self._authorize(request, needed)
         response = yield request
-        if response.status_code != 401:
+        if response.status_code != 401 or not self._targets_registry(response.request.url):
+            # A 401 from elsewhere (after a redirect) says nothing about this registry.
             return
         challenge = self._learn(response)
         if challenge is None or not request_is_replayable(request):
@@ -425,8 +428,12 @@ class RegistryAuth(httpx.Auth):
                 f"registry {self.registry} sent a token realm that is not a valid URL",
                 status=401,
             ) from None
+        realm_host = realm.host.lower()
         plain_http_allowed = realm.scheme == "http" and (
-            self._allow_insecure_realm or realm.host.lower() == self._host
+            self._allow_insecure_realm
+            or realm_host == self._host
+            # Loopback to loopback never crosses a network (localhost vs 127.0.0.1).
+            or (_is_loopback(realm_host) and _is_loopback(self._host))
         )
         if realm.scheme != "https" and not plain_http_allowed:
             raise Unauthorized(
@@ -551,6 +558,15 @@ class RegistryAuth(httpx.Auth):
                 status=status,
             )
         return data
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _host_port(registry: str, scheme: str) -> tuple[str, int]:
