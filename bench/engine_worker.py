@@ -43,6 +43,12 @@ def _rss_bytes() -> int:
 
 
 def _maxrss_bytes() -> int:
+    """The peak RSS of this process since exec (``VmHWM``; ``ru_maxrss`` would include the
+    parent's size inherited through fork)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

@@ -152,7 +152,9 @@ class ProxyStats:
         d = asdict(self)
         return d
 
-    def count(self, method: str | None = None, path: str | None = None, query: str | None = None) -> int:
+    def count(
+        self, method: str | None = None, path: str | None = None, query: str | None = None
+    ) -> int:
         """Requests matching method / path regex / query substring."""
         n = 0
         for r in self.log:
@@ -246,6 +248,8 @@ class NetProxy:
         self._stats = ProxyStats()
         self._lock = threading.Lock()
         self._ids = 0
+        self._inflight: set[int] = set()
+        self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -259,9 +263,29 @@ class NetProxy:
     # --- public API -------------------------------------------------------------------------
     @property
     def stats(self) -> ProxyStats:
-        """A consistent snapshot of the counters and request log."""
+        """A snapshot of the counters and request log.
+
+        A request is logged when the proxy has finished it, which can be a moment after the
+        client read the last response byte; so, read from another thread, this first waits
+        (up to 2 s) until no request is in flight. Use :meth:`snapshot` to never wait."""
+        if threading.current_thread() is not self._thread:
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                with self._lock:
+                    if not self._inflight:
+                        break
+                time.sleep(0.002)
+        return self.snapshot()
+
+    def snapshot(self) -> ProxyStats:
+        """The counters and request log right now (requests in flight are not in the log)."""
         with self._lock:
             return replace(self._stats, log=list(self._stats.log))
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._inflight)
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -341,6 +365,7 @@ class NetProxy:
         return self.address
 
     async def _shutdown(self) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
         for w in list(self._writers):
@@ -385,7 +410,7 @@ class NetProxy:
     async def _handle_client(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         self._writers.add(cw)
         with self._lock:
             self._stats.connections += 1
@@ -404,6 +429,8 @@ class NetProxy:
         except (_Closed, ConnectionError, asyncio.LimitOverrunError, asyncio.IncompleteReadError):
             return
         except asyncio.CancelledError:
+            if self._closing:
+                return  # shutting down: end quietly
             raise
         finally:
             if up is not None:
@@ -411,7 +438,7 @@ class NetProxy:
             with contextlib.suppress(Exception):
                 cw.close()
             self._writers.discard(cw)
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
 
     async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         r, w = await asyncio.open_connection(self._up_host, self._up_port, limit=HEAD_LIMIT)
@@ -420,8 +447,12 @@ class NetProxy:
         return r, w
 
     def _record(self, rec: RequestRecord) -> None:
-        rec.duration_ms = (time.monotonic() - rec.started) * 1000.0
+        """Log ``rec`` once (later calls are no-ops); it stops counting as in flight."""
         with self._lock:
+            if rec.id not in self._inflight:
+                return
+            self._inflight.discard(rec.id)
+            rec.duration_ms = (time.monotonic() - rec.started) * 1000.0
             self._stats.log.append(rec)
         if self.on_record is not None:
             self.on_record(rec)
@@ -435,19 +466,44 @@ class NetProxy:
         up: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None,
     ) -> tuple[bool, tuple[asyncio.StreamReader, asyncio.StreamWriter] | None]:
         start, headers = _parse_head(head)
-        method, target, version = (start.split(" ", 2) + ["", ""])[:3]
+        method, target, version = [*start.split(" ", 2), "", ""][:3]
         parts = urlsplit(target)
         with self._lock:
             self._ids += 1
             self._stats.requests += 1
             rid = self._ids
         rec = RequestRecord(
-            rid, conn_id, method, parts.path, parts.query, req_head_bytes=len(head),
+            rid,
+            conn_id,
+            method,
+            parts.path,
+            parts.query,
+            req_head_bytes=len(head),
             started=time.monotonic(),
         )
+        with self._lock:
+            self._inflight.add(rid)
+        try:
+            return await self._exchange(rec, version, headers, head, cr, cw, up)
+        finally:
+            self._record(rec)
+
+    async def _exchange(
+        self,
+        rec: RequestRecord,
+        version: str,
+        headers: list[tuple[str, str]],
+        head: bytes,
+        cr: asyncio.StreamReader,
+        cw: asyncio.StreamWriter,
+        up: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None,
+    ) -> tuple[bool, tuple[asyncio.StreamReader, asyncio.StreamWriter] | None]:
+        method = rec.method
         req_framing = _request_framing(headers)
-        client_close = (_get(headers, "Connection") or "").lower() == "close" or version == "HTTP/1.0"
-        fault = self._match_fault(method, parts.path, parts.query)
+        client_close = (
+            _get(headers, "Connection") or ""
+        ).lower() == "close" or version == "HTTP/1.0"
+        fault = self._match_fault(method, rec.path, rec.query)
         if fault is not None:
             rec.fault = fault.action
             if fault.action == "reset":
@@ -485,7 +541,9 @@ class NetProxy:
             up = await self._open_upstream()
         ur, uw = up
         await self._send_up(uw, head)
-        pump = asyncio.create_task(_pump_body(cr, uw, req_framing, self._count_up_body, self._up_throttle))
+        pump = asyncio.create_task(
+            _pump_body(cr, uw, req_framing, self._count_up_body, self._up_throttle)
+        )
         try:
             rhead = await ur.readuntil(b"\r\n\r\n")
             while True:
@@ -536,7 +594,9 @@ class NetProxy:
             uw.transport.abort()
             raise _Closed from None
         self._record(rec)
-        upstream_close = (_get(rheaders, "Connection") or "").lower() == "close" or resp_framing == "eof"
+        upstream_close = (
+            _get(rheaders, "Connection") or ""
+        ).lower() == "close" or resp_framing == "eof"
         if upstream_close:
             uw.transport.abort()
             return False, None
@@ -545,7 +605,9 @@ class NetProxy:
     def _count_up_body(self, n: int) -> None:
         self._count(up=n)
 
-    def _rewrite_location(self, headers: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], bool]:
+    def _rewrite_location(
+        self, headers: list[tuple[str, str]]
+    ) -> tuple[list[tuple[str, str]], bool]:
         out: list[tuple[str, str]] = []
         changed = False
         for k, v in headers:
@@ -606,10 +668,21 @@ class _Truncated(Exception):
 
 
 _REASONS = {
-    200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request",
-    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-    408: "Request Timeout", 409: "Conflict", 429: "Too Many Requests",
-    500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
     504: "Gateway Timeout",
 }
 
@@ -692,14 +765,16 @@ async def _pump_body(
 
 
 def _write_stats(proxy: NetProxy, path: str) -> None:
-    data = proxy.stats.to_json()
+    data = proxy.snapshot().to_json()
     data["upstream"] = proxy.upstream
     data["listen"] = proxy.address
     data["delay_ms"] = proxy.delay_ms
     data["bandwidth_bps"] = proxy.bandwidth_bps
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump(data, f, default=lambda o: o.decode("latin-1") if isinstance(o, bytes) else str(o))
+        json.dump(
+            data, f, default=lambda o: o.decode("latin-1") if isinstance(o, bytes) else str(o)
+        )
     os.replace(tmp, path)
 
 

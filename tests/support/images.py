@@ -313,7 +313,9 @@ def push_manifest(
     c = client or _client(reg, repo)
     try:
         r = _check(
-            c.put(f"/v2/{repo}/manifests/{ref}", content=body, headers={"Content-Type": media_type}),
+            c.put(
+                f"/v2/{repo}/manifests/{ref}", content=body, headers={"Content-Type": media_type}
+            ),
             201,
         )
     finally:
@@ -397,13 +399,15 @@ def push_image(
     ``tag=None`` pushes by digest only."""
     rng = _rng(seed)
     lmt = DOCKER_LAYER if docker else OCI_LAYER
-    fresh = [
-        make_layer(layer_size + i, rng.getrandbits(63), media_type=lmt) for i in range(layers)
-    ]
+    fresh = [make_layer(layer_size + i, rng.getrandbits(63), media_type=lmt) for i in range(layers)]
     all_layers = [*base_layers, *fresh, *extra_layers]
     os_name, arch, variant = _split_platform(platform)
     config = make_config(
-        all_layers, os_name=os_name, arch=arch, variant=variant, docker=docker,
+        all_layers,
+        os_name=os_name,
+        arch=arch,
+        variant=variant,
+        docker=docker,
         label=f"{rng.getrandbits(32):08x}",
     )
     return _push_manifest_image(reg, repo, tag, config, all_layers, docker=docker)
@@ -489,10 +493,16 @@ def push_index(
                 all_layers.append(fresh[0] if fresh else base[0])
             os_name, arch, variant = _split_platform(p)
             config = make_config(
-                all_layers, os_name=os_name, arch=arch, variant=variant, docker=docker,
+                all_layers,
+                os_name=os_name,
+                arch=arch,
+                variant=variant,
+                docker=docker,
                 label=f"{rng.getrandbits(32):08x}",
             )
-            child = _push_manifest_image(reg, repo, None, config, all_layers, docker=docker, client=c)
+            child = _push_manifest_image(
+                reg, repo, None, config, all_layers, docker=docker, client=c
+            )
             children.append(child)
             entries.append(child.descriptor(platform=_platform_obj(p)))
         if attestations and not docker:
@@ -528,7 +538,12 @@ def push_nested_index(
     rng = _rng(seed)
     inner = push_index(reg, repo, None, seed=rng.getrandbits(63), layer_size=layer_size)
     extra = push_image(
-        reg, repo, None, layers=1, layer_size=layer_size, seed=rng.getrandbits(63),
+        reg,
+        repo,
+        None,
+        layers=1,
+        layer_size=layer_size,
+        seed=rng.getrandbits(63),
         platform="linux/s390x",
     )
     entries = [inner.descriptor(), extra.descriptor(platform=_platform_obj("linux/s390x"))]
@@ -586,8 +601,14 @@ def push_artifact(
         body = _dump(m)
         digest = push_manifest(reg, repo, tag or blob_digest(body), body, OCI_MANIFEST, client=c)
         art = PushedImage(
-            reg.host, repo, tag, digest, OCI_MANIFEST, body,
-            [empty.descriptor(), layer.descriptor()], artifact_type=artifact_type,
+            reg.host,
+            repo,
+            tag,
+            digest,
+            OCI_MANIFEST,
+            body,
+            [empty.descriptor(), layer.descriptor()],
+            artifact_type=artifact_type,
             subject=subj["digest"],
         )
         if referrers_tag_fallback:
@@ -610,7 +631,9 @@ def _add_to_referrers_tag(
     push_manifest(reg, repo, tag, _dump(index), OCI_INDEX, client=c)
 
 
-def referrers_fallback_index(reg: RegistryServer, repo: str, subject_digest: str) -> dict[str, Any] | None:
+def referrers_fallback_index(
+    reg: RegistryServer, repo: str, subject_digest: str
+) -> dict[str, Any] | None:
     r = get_manifest(reg, repo, referrers_tag(subject_digest))
     if r.status_code == 404:
         return None
@@ -667,7 +690,9 @@ def push_big_blob(
     with _client(reg, repo) as c:
         r = _check(c.post(f"/v2/{repo}/blobs/uploads/"), 202)
         loc = r.headers["Location"]
-        stream = _tar_stream(size, seed, chunk_size) if as_tar else _big_chunks(size, seed, chunk_size)
+        stream = (
+            _tar_stream(size, seed, chunk_size) if as_tar else _big_chunks(size, seed, chunk_size)
+        )
         for piece in stream:
             if not piece:
                 continue

@@ -66,7 +66,10 @@ def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 120
     proc = subprocess.run(cmd, capture_output=True, env=env, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise PeerError(
-            cmd, proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+            cmd,
+            proc.returncode,
+            proc.stdout.decode(errors="replace"),
+            proc.stderr.decode(errors="replace"),
         )
     return _Run(proc.stdout, proc.stderr.decode(errors="replace"))
 
@@ -74,7 +77,9 @@ def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 120
 def _need(name: str) -> str:
     tool = find_tool(name)
     if tool is None:
-        raise FileNotFoundError(f"{name} not found in {TOOLS_BIN} or PATH (scripts/install-tools.sh)")
+        raise FileNotFoundError(
+            f"{name} not found in {TOOLS_BIN} or PATH (scripts/install-tools.sh)"
+        )
     return tool
 
 

@@ -52,6 +52,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -76,6 +77,7 @@ __all__ = [
     "find_registry_binary",
     "free_port",
     "parse_access_line",
+    "select",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -122,7 +124,7 @@ def find_registry_binary(impl: Impl) -> str | None:
 # --- access log --------------------------------------------------------------------------------
 
 _COMBINED = re.compile(
-    r'^(?P<remote>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] '
+    r"^(?P<remote>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] "
     r'"(?P<method>[A-Z]+) (?P<uri>\S+) (?P<proto>[^"]+)" (?P<status>\d{3}) (?P<bytes>\d+|-)'
     r'(?: "(?P<referer>[^"]*)" "(?P<agent>[^"]*)")?'
 )
@@ -149,7 +151,11 @@ class AccessLogEntry:
 
     @property
     def is_mount(self) -> bool:
-        return self.method == "POST" and self.path.endswith("/blobs/uploads/") and "mount" in self.query
+        return (
+            self.method == "POST"
+            and self.path.endswith("/blobs/uploads/")
+            and "mount" in self.query
+        )
 
     @property
     def is_blob_request(self) -> bool:
@@ -186,6 +192,38 @@ def parse_access_line(line: str) -> AccessLogEntry | None:
     )
 
 
+def select(
+    entries: Iterable[AccessLogEntry],
+    *,
+    method: str | None = None,
+    path: str | None = None,
+    status: int | None = None,
+    repo: str | None = None,
+    query: str | None = None,
+) -> list[AccessLogEntry]:
+    """Entries matching every given filter: exact ``method``/``status``/``repo``, ``path`` as a
+    regex (``re.search``), ``query`` as a parameter name that must be present.
+
+    >>> mounts = select(log, method="POST", repo=dst, query="mount")
+    >>> assert [e.status for e in mounts] == [201] * n
+    >>> assert not [e for e in log if e.repo == dst and e.is_blob_request and not e.is_mount]
+    """
+    out: list[AccessLogEntry] = []
+    for e in entries:
+        if method is not None and e.method != method:
+            continue
+        if status is not None and e.status != status:
+            continue
+        if repo is not None and e.repo != repo:
+            continue
+        if path is not None and not re.search(path, e.path):
+            continue
+        if query is not None and query not in e.query:
+            continue
+        out.append(e)
+    return out
+
+
 _SYNC_PARAM = "__imagecopy_sync"
 
 
@@ -206,6 +244,7 @@ class RegistryServer:
     binary: str | None = None
     extra_config: dict[str, Any] | None = None
     startup_timeout: float = 20.0
+    keep_workdir: bool = False
 
     port: int = 0
     root_dir: Path = field(init=False)
@@ -213,6 +252,7 @@ class RegistryServer:
     ca_file: Path | None = field(init=False, default=None)
     _proc: subprocess.Popen[bytes] | None = field(init=False, default=None, repr=False)
     _owns_issuer: bool = field(init=False, default=False, repr=False)
+    _own_workdir: bool = field(init=False, default=False, repr=False)
     _sync_n: int = field(init=False, default=0, repr=False)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock, repr=False)
 
@@ -221,7 +261,10 @@ class RegistryServer:
             raise ValueError(f"impl must be v2 or v3, not {self.impl!r}")
         if self.auth not in ("none", "basic", "token"):
             raise ValueError(f"auth must be none, basic or token, not {self.auth!r}")
-        self.workdir = Path(self.workdir or tempfile.mkdtemp(prefix=f"imagecopy-reg-{self.impl}-"))
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix=f"imagecopy-reg-{self.impl}-"))
+            self._own_workdir = True
+        self.workdir = Path(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.root_dir = self.workdir / "storage"
 
@@ -239,9 +282,11 @@ class RegistryServer:
         return f"{self.scheme}://{self.host}"
 
     @property
-    def verify(self) -> str | bool:
-        """``verify=`` value for httpx: the CA file for TLS registries."""
-        return str(self.ca_file) if self.ca_file else True
+    def verify(self) -> ssl.SSLContext | bool:
+        """``verify=`` value for httpx: an SSL context trusting the test CA for TLS registries."""
+        if self.ca_file is None:
+            return True
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
     @property
     def config_path(self) -> Path:
@@ -319,8 +364,7 @@ class RegistryServer:
         binary = self.binary or find_registry_binary(self.impl)
         if binary is None:
             raise FileNotFoundError(
-                f"registry binary for impl={self.impl} not found "
-                "(run scripts/install-tools.sh)"
+                f"registry binary for impl={self.impl} not found (run scripts/install-tools.sh)"
             )
         self.binary = binary
         assert self.workdir is not None
@@ -343,7 +387,9 @@ class RegistryServer:
         if self.auth == "token":
             issuer = self.token_issuer
             assert issuer is not None
-            full = {"*": ["*"]} if issuer.acl is not None and self.username not in issuer.acl else None
+            full = (
+                {"*": ["*"]} if issuer.acl is not None and self.username not in issuer.acl else None
+            )
             issuer.add_user(self.username, self.password, full)
         self.root_dir.mkdir(parents=True, exist_ok=True)
         fixed_port = self.port != 0
@@ -394,7 +440,9 @@ class RegistryServer:
                 except httpx.TransportError:
                     pass
                 time.sleep(0.05)
-        return False, "timeout waiting for /v2/: " + self.log_path.read_text(errors="replace")[-4000:]
+        return False, "timeout waiting for /v2/: " + self.log_path.read_text(errors="replace")[
+            -4000:
+        ]
 
     def _kill(self) -> None:
         proc = self._proc
@@ -414,16 +462,24 @@ class RegistryServer:
             _LIVE.discard(self)
 
     def stop(self) -> None:
-        """Stop the process (and the token issuer this server started itself)."""
+        """Stop the process (and the token issuer this server started itself). A temporary
+        workdir this server created is removed, unless ``IMAGECOPY_KEEP_REGISTRY_DIRS`` is set
+        or ``keep_workdir`` is true."""
         self._kill()
         if self._owns_issuer and self.token_issuer is not None:
             self.token_issuer.stop()
+        if (
+            self._own_workdir
+            and not self.keep_workdir
+            and not os.environ.get("IMAGECOPY_KEEP_REGISTRY_DIRS")
+            and self.workdir is not None
+        ):
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def restart(self) -> None:
-        """Stop and start again on the same port, keeping storage (e.g. to drop caches)."""
+        """Stop and start again on the same port, keeping storage and logs (drops caches and
+        open upload sessions)."""
         self._kill()
-        port = self.port
-        self.port = port
         self.start()
 
     def __enter__(self) -> RegistryServer:
@@ -553,9 +609,7 @@ class RegistryServer:
         base = self.root_dir / "docker" / "registry" / "v2" / "repositories"
         if not base.exists():
             return []
-        return sorted(
-            str(d.parent.relative_to(base)) for d in base.rglob("_layers") if d.is_dir()
-        )
+        return sorted(str(d.parent.relative_to(base)) for d in base.rglob("_layers") if d.is_dir())
 
 
 def _deep_merge(dst: dict[str, Any], src: dict[str, Any]) -> None:

@@ -69,7 +69,9 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def make_ca(common_name: str = "imagecopy test CA") -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def make_ca(
+    common_name: str = "imagecopy test CA",
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A self-signed CA certificate valid for a day around now."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])

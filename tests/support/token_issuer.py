@@ -154,7 +154,9 @@ class TokenIssuer:
         from cryptography import x509
 
         if self.algorithm == "ES256":
-            cert, key = issue_cert(self.pki.ca, self.pki.ca_private_key, "token-signer", server=False)
+            cert, key = issue_cert(
+                self.pki.ca, self.pki.ca_private_key, "token-signer", server=False
+            )
             self._key: Any = key
         else:
             # an RSA leaf signed by the (EC) CA
@@ -239,7 +241,9 @@ class TokenIssuer:
         return f"{self.url}/token"
 
     # --- policy -----------------------------------------------------------------------------
-    def add_user(self, username: str, password: str, acl: dict[str, list[str]] | None = None) -> None:
+    def add_user(
+        self, username: str, password: str, acl: dict[str, list[str]] | None = None
+    ) -> None:
         with self._lock:
             self.users[username] = password
             if acl is not None:
@@ -333,6 +337,11 @@ class TokenIssuer:
         return expected is not None and secrets.compare_digest(expected, password)
 
 
+def _first(q: dict[str, list[str]], key: str) -> str | None:
+    vals = q.get(key)
+    return vals[0] if vals else None
+
+
 class _Handler(BaseHTTPRequestHandler):
     owner: TokenIssuer
     protocol_version = "HTTP/1.1"
@@ -340,7 +349,9 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         return
 
-    def _send_json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    def _send_json(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -376,7 +387,9 @@ class _Handler(BaseHTTPRequestHandler):
                     out.append(s)
         return out
 
-    def _unauthorized(self, user: str | None, service: str | None, scopes: list[Scope], grant: str | None) -> None:
+    def _unauthorized(
+        self, user: str | None, service: str | None, scopes: list[Scope], grant: str | None
+    ) -> None:
         self.owner.record(TokenRequest(self.command, user, service, scopes, [], 401, grant))
         self._send_json(
             401,
@@ -390,7 +403,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": "not found"})
             return
         q = parse_qs(url.query, keep_blank_values=True)
-        service = (q.get("service") or [None])[0]
+        service = _first(q, "service")
         scopes = self._scopes(q.get("scope", []))
         user, ok = self._basic_user()
         if not ok:
@@ -399,10 +412,10 @@ class _Handler(BaseHTTPRequestHandler):
         granted = self.owner.grant(user, scopes)
         token = self.owner.mint(granted, subject=user or "")
         refresh = None
-        if user is not None and (q.get("offline_token") or [""])[0] == "true":
+        if user is not None and (_first(q, "offline_token") or "") == "true":
             refresh = self.owner.new_refresh_token(user)
         self.owner.record(
-            TokenRequest("GET", user, service, scopes, granted, 200, None, (q.get("client_id") or [None])[0])
+            TokenRequest("GET", user, service, scopes, granted, 200, None, _first(q, "client_id"))
         )
         self._send_json(200, self.owner.token_response(token, refresh))
 
@@ -416,7 +429,7 @@ class _Handler(BaseHTTPRequestHandler):
         form = parse_qs(raw.decode(), keep_blank_values=True)
 
         def one(key: str) -> str | None:
-            return (form.get(key) or [None])[0]
+            return _first(form, key)
 
         grant = one("grant_type")
         service = one("service")
@@ -436,10 +449,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self._unauthorized(None, service, scopes, grant)
                 return
         else:
-            self.owner.record(TokenRequest("POST", None, service, scopes, [], 400, grant, client_id))
+            self.owner.record(
+                TokenRequest("POST", None, service, scopes, [], 400, grant, client_id)
+            )
             self._send_json(400, {"error": "unsupported_grant_type"})
             return
         granted = self.owner.grant(user, scopes)
         token = self.owner.mint(granted, subject=user)
-        self.owner.record(TokenRequest("POST", user, service, scopes, granted, 200, grant, client_id))
+        self.owner.record(
+            TokenRequest("POST", user, service, scopes, granted, 200, grant, client_id)
+        )
         self._send_json(200, self.owner.token_response(token, refresh))

@@ -191,7 +191,7 @@ async def test_other_statuses_are_returned_at_once(server: ScriptedServer, statu
 async def test_after_the_last_attempt_the_last_response_is_returned(
     server: ScriptedServer,
 ) -> None:
-    server.script = [(503, {})] * 3 + [(502, {})]
+    server.script = [*[(503, {})] * 3, (502, {})]
     sleeps = Sleeps()
     async with retry_client(RetryPolicy(attempts=4), sleeps) as client:
         response = await client.get(server.url + "/x")

@@ -29,6 +29,7 @@ from ..oci.descriptor import Descriptor, Manifest, parse_manifest
 from ..oci.digest import DigestVerifier, compute_digest
 from ..oci.errors import (
     DigestMismatch,
+    ImageCopyError,
     InvalidSpec,
     RegistryError,
     SourceNotFound,
@@ -348,9 +349,12 @@ class _CopyRun:
     async def _transfer_blobs(self) -> None:
         if self.same_repository:
             return  # a retag: every blob is already there
-        async with asyncio.TaskGroup() as group:
-            for desc in self.blobs.values():
-                group.create_task(self._copy_blob(desc))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for desc in self.blobs.values():
+                    group.create_task(self._copy_blob(desc))
+        except BaseExceptionGroup as failures:
+            raise _first_failure(failures) from None
 
     def _count(self, desc: Descriptor, outcome: BlobOutcome) -> None:
         r = self.report
@@ -460,7 +464,7 @@ class _CopyRun:
         progress = self.options.progress
         pending: bytes | None = None
         async with self.src_repo.open_blob(desc.digest) as response:
-            async for chunk in response.aiter_bytes(self.options.chunk_size):
+            async for chunk in response.aiter_bytes():
                 if not chunk:
                     continue
                 verifier.update(chunk)
@@ -586,6 +590,22 @@ class _CopyRun:
         digests = list(self.blobs)
         locations.add_many(self.src.registry, digests, self.src.repository)
         locations.add_many(self.dst.registry, digests, self.dst.repository)
+
+
+def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a group of blob failures: a permanent one over a transient one."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for exc in leaves:
+        if isinstance(exc, ImageCopyError) and not exc.transient:
+            return exc
+    return leaves[0]
 
 
 async def _bounded_gather(factories: list[Callable[[], Awaitable[T]]], limit: int) -> list[T]:

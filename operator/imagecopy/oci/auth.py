@@ -328,9 +328,19 @@ class RegistryAuth(httpx.Auth):
         self._challenge: Challenge | None = None
         self._tokens: list[_Token] = []
         self._locks: dict[frozenset[_Grant], asyncio.Lock] = {}
+        # Scopes a registry's challenge added to a request's own, remembered so the next
+        # request with the same needs asks for them up front instead of paying a 401.
+        self._learned: dict[frozenset[_Grant], tuple[str, ...]] = {}
         self._refresh_token = credential.identity_token
         #: Token requests made, for tests and diagnostics.
         self.token_requests = 0
+
+    def __repr__(self) -> str:
+        scheme = self._challenge.scheme if self._challenge else None
+        return (
+            f"RegistryAuth(registry={self.registry!r}, credential={self._credential!r}, "
+            f"challenge={scheme!r}, cached_tokens={len(self._tokens)})"
+        )
 
     @property
     def challenge(self) -> Challenge | None:
@@ -346,7 +356,8 @@ class RegistryAuth(httpx.Auth):
         if not self._targets_registry(request.url):
             yield request
             return
-        needed = scopes_for_request(request)
+        requested = scopes_for_request(request)
+        needed = self._learned.get(_grants(requested), requested)
         sent = await self._authorize(request, needed)
         response = yield request
         if response.status_code != 401 or not self._targets_registry(response.request.url):
@@ -368,6 +379,8 @@ class RegistryAuth(httpx.Auth):
             yield request
             return
         scopes = merge_scopes(needed, challenge.scopes)
+        if _grants(scopes) != _grants(needed):
+            self._learned[_grants(requested)] = scopes
         if isinstance(sent, _Token) and _grants(scopes) <= sent.grants:
             # The token should have been enough: the registry no longer accepts it.
             self._discard(sent)

@@ -1,0 +1,949 @@
+"""Benchmark driver: imagecopy (CLI and in-process engine) against oras, crane, skopeo, regctl.
+
+``make bench`` runs ``.venv/bin/python bench/run.py``; see bench/README.md for the method.
+Writes bench/results.json, bench/results.md and bench/wall_time.png.
+
+    .venv/bin/python bench/run.py --quick                         # 2 runs, no profiles
+    .venv/bin/python bench/run.py --scenarios same-registry,noop --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO_ROOT = BENCH.parent
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(BENCH))
+
+import httpx  # noqa: E402
+from bigimage import MiB, cached_layer, push_big_image  # noqa: E402
+
+from tests.support.images import push_image, push_index  # noqa: E402
+from tests.support.registry import TOOLS_BIN, AccessLogEntry, RegistryServer  # noqa: E402
+
+PY = sys.executable
+VENV_BIN = Path(PY).parent
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imagecopy" / "bench"
+PEERS = ("oras", "crane", "skopeo", "regctl")
+ALL_TOOLS = ("imagecopy", "imagecopy-engine", *PEERS)
+SCENARIOS = ("same-registry", "same-registry-index", "noop", "cross-registry")
+ACCEPT = ", ".join(
+    [
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ]
+)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+@dataclass
+class ProcResult:
+    wall_s: float
+    rc: int
+    maxrss_bytes: int
+    stderr: str
+
+
+TIME = "/usr/bin/time"
+
+
+def run_measured(argv: list[str], env: dict[str, str], timeout: float = 900.0) -> ProcResult:
+    """Run one tool process: wall time around spawn..reap; peak RSS as GNU time's ``%M``.
+
+    ``/usr/bin/time`` is the tool's parent because a child forked straight from this driver
+    inherits the driver's RSS high-water mark in its own ``ru_maxrss`` (Linux keeps the
+    pre-exec maximum), which would report the driver's size instead of the tool's."""
+    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as rss:
+        full = [TIME, "-f", "%M", "-o", rss.name, *argv] if os.access(TIME, os.X_OK) else argv
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            full, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env
+        )
+        try:
+            rc = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+        wall = time.perf_counter() - t0
+        err.seek(0)
+        text = err.read().decode(errors="replace")
+        lines = [ln for ln in rss.read().splitlines() if ln.strip().isdigit()]
+        maxrss = int(lines[-1]) * 1024 if lines else 0
+    return ProcResult(wall, rc, maxrss, text[-3000:])
+
+
+class Proxy:
+    """bench/proxy_server.py (netproxy in its own process) in front of one registry."""
+
+    def __init__(self, upstream: str, delay_ms: float) -> None:
+        self.delay_ms = delay_ms
+        self.proc = subprocess.Popen(
+            [
+                PY,
+                str(BENCH / "proxy_server.py"),
+                "--upstream",
+                upstream,
+                "--delay-ms",
+                str(delay_ms),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("READY "):
+            raise RuntimeError(f"proxy did not start: {line!r}")
+        self.host = line.split()[1]
+
+    def dump(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("dump\n")
+        self.proc.stdin.flush()
+        data: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        return data
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            assert self.proc.stdin is not None
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=10)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class EngineWorker:
+    """bench/engine_worker.py: one long-lived Python process running Copier.copy."""
+
+    def __init__(self, plain_http: list[str]) -> None:
+        argv = [PY, str(BENCH / "engine_worker.py")]
+        for h in plain_http:
+            argv += ["--plain-http", h]
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
+        )
+        hello = self._read()
+        self.baseline_rss = int(hello["rss_bytes"])
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("engine worker died")
+        data: dict[str, Any] = json.loads(line)
+        return data
+
+    def copy(
+        self, src: str, dst: str, *, fresh_locations: bool = False, profile: str | None = None
+    ) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        cmd = {"src": src, "dst": dst, "fresh_locations": fresh_locations, "profile": profile}
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=10)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# --- tools ------------------------------------------------------------------------------------
+
+
+def find_tool(name: str) -> str | None:
+    p = TOOLS_BIN / name
+    if os.access(p, os.X_OK):
+        return str(p)
+    return shutil.which(name)
+
+
+@dataclass
+class Tool:
+    name: str
+    binary: str
+    home: Path
+    version: str = ""
+    #: the exact command template (for the results), SRC/DST/hosts substituted per run
+    template: str = ""
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["HOME"] = str(self.home)
+        env["DOCKER_CONFIG"] = str(self.home / ".docker")
+        env.pop("REGISTRY_AUTH_FILE", None)
+        return env
+
+    def argv(self, src: str, dst: str, hosts: list[str]) -> list[str]:
+        if self.name == "imagecopy":
+            a = [self.binary, "copy", src, dst]
+            for h in hosts:
+                a += ["--plain-http", h]
+            return [*a, "--quiet"]
+        if self.name == "oras":
+            return [self.binary, "cp", "--from-plain-http", "--to-plain-http", src, dst]
+        if self.name == "crane":
+            return [self.binary, "copy", "--insecure", src, dst]
+        if self.name == "skopeo":
+            return [
+                self.binary,
+                "copy",
+                "--quiet",
+                "--all",
+                "--preserve-digests",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                f"docker://{src}",
+                f"docker://{dst}",
+            ]
+        if self.name == "regctl":
+            return [self.binary, "image", "copy", src, dst]
+        raise ValueError(self.name)
+
+    def prepare(self, hosts: list[str]) -> None:
+        """Per-tool configuration for the registries of a scenario (untimed)."""
+        if self.name == "regctl":
+            for h in hosts:
+                subprocess.run(
+                    [self.binary, "registry", "set", "--tls", "disabled", h],
+                    env=self.env,
+                    check=True,
+                    capture_output=True,
+                )
+
+
+def _first_line(argv: list[str], env: dict[str, str] | None = None) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0].strip() if text else "unknown"
+
+
+def discover_tools(
+    wanted: list[str], home_root: Path, install: bool
+) -> tuple[dict[str, Tool], list[str]]:
+    notes: list[str] = []
+    if "regctl" in wanted and find_tool("regctl") is None and install:
+        log("regctl missing: bench/install-peers.sh")
+        subprocess.run(["bash", str(BENCH / "install-peers.sh")], check=False)
+    tools: dict[str, Tool] = {}
+    for name in wanted:
+        home = home_root / name
+        (home / ".docker").mkdir(parents=True, exist_ok=True)
+        if name == "imagecopy-engine":
+            tools[name] = Tool(name, PY, home)
+            continue
+        binary = str(VENV_BIN / "imagecopy") if name == "imagecopy" else find_tool(name)
+        if binary is None or not os.access(binary, os.X_OK):
+            notes.append(f"{name}: not installed, rows skipped")
+            continue
+        tools[name] = Tool(name, binary, home)
+    vers = {
+        "imagecopy": ["version"],
+        "oras": ["version"],
+        "crane": ["version"],
+        "skopeo": ["--version"],
+        "regctl": ["version", "--format", "{{.VCSTag}}"],
+    }
+    for t in tools.values():
+        if t.name == "imagecopy-engine":
+            t.version = _first_line([str(VENV_BIN / "imagecopy"), "version"])
+            t.template = (
+                "in one running Python process: Copier(RegistryPool(TransportSettings("
+                "plain_http={HOSTS}))).copy(Reference.parse(SRC), Reference.parse(DST, "
+                "default_tag=None), CopyOptions())"
+            )
+            continue
+        t.version = _first_line([t.binary, *vers[t.name]], t.env)
+        argv = t.argv("SRC", "DST", ["HOST"])
+        argv[0] = t.name
+        t.template = " ".join(argv)
+        if t.name == "regctl":
+            t.template = "regctl registry set --tls disabled HOST; " + t.template
+    return tools, notes
+
+
+# --- scenarios --------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    ok: bool
+    wall_s: float
+    requests: int = 0
+    blob_bytes: int = 0
+    rss: int = 0
+    rtts: int | None = None
+    connections: int | None = None
+    error: str = ""
+
+
+@dataclass
+class Scenario:
+    name: str
+    rtt_ms: int
+    image: dict[str, int]
+    src_repo: str
+    tag: str
+    digest: str
+    registry: RegistryServer
+    dst_registry: RegistryServer
+    proxy: Proxy | None
+    blob_sizes: dict[str, int]
+    noop: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def src_host(self) -> str:
+        return self.proxy.host if self.proxy else self.registry.host
+
+    @property
+    def dst_host(self) -> str:
+        return self.proxy.host if self.proxy else self.dst_registry.host
+
+    @property
+    def hosts(self) -> list[str]:
+        return sorted({self.src_host, self.dst_host})
+
+    @property
+    def src(self) -> str:
+        return f"{self.src_host}/{self.src_repo}:{self.tag}"
+
+    def dst(self, repo: str) -> str:
+        return f"{self.dst_host}/{repo}:{self.tag}"
+
+
+def critical_path(requests: list[dict[str, Any]]) -> int:
+    """The longest chain of strictly sequential requests (each starts after the previous one's
+    response ended): the number of round trips the tool could not overlap."""
+    spans = sorted(
+        ((r["started"], r["started"] + r["duration_ms"] / 1000.0) for r in requests),
+        key=lambda s: s[1],
+    )
+    n, last_end = 0, float("-inf")
+    for start, end in spans:
+        if start >= last_end:
+            n += 1
+            last_end = end
+    return n
+
+
+def blob_bytes_from_proxy(requests: list[dict[str, Any]]) -> int:
+    """Blob content on the wire: upload bodies (PUT/PATCH on /blobs/) and blob GET answers."""
+    total = 0
+    for r in requests:
+        if "/blobs/" not in r["path"]:
+            continue
+        if r["method"] in ("PUT", "PATCH", "POST"):
+            total += int(r["req_body_bytes"])
+        elif r["method"] == "GET":
+            total += int(r["resp_body_bytes"])
+    return total
+
+
+def blob_bytes_from_logs(
+    src: list[AccessLogEntry], dst: list[AccessLogEntry], sizes: dict[str, int]
+) -> int:
+    """Without a proxy: bytes the source served for blob GETs plus the size of every blob the
+    destination committed (PUT …?digest=D → 201)."""
+    total = sum(e.bytes for e in src if e.method == "GET" and "/blobs/sha" in e.path)
+    for e in dst:
+        d = e.q("digest")
+        if e.method == "PUT" and e.status == 201 and d:
+            total += sizes.get(d, 0)
+    return total
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="imagecopy-bench-"))
+        self.tools, self.notes = discover_tools(args.tools, self.work / "homes", args.install)
+        self.registries: list[RegistryServer] = []
+        self.proxies: list[Proxy] = []
+        self.uid = f"{int(time.time()) % 100000:05d}"
+        self.profiles = CACHE / "profiles"
+
+    # -- infrastructure ----------------------------------------------------------------------
+    def registry(self, name: str) -> RegistryServer:
+        reg = RegistryServer(impl="v2", workdir=self.work / name).start()
+        self.registries.append(reg)
+        return reg
+
+    def proxy(self, reg: RegistryServer, delay_ms: float) -> Proxy:
+        p = Proxy(reg.host, delay_ms)
+        self.proxies.append(p)
+        return p
+
+    def close(self) -> None:
+        for p in self.proxies:
+            p.close()
+        for r in self.registries:
+            r.stop()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    # -- scenario setup ----------------------------------------------------------------------
+    def setup(self, name: str, reg: RegistryServer, reg2: RegistryServer, proxy: Proxy) -> Scenario:
+        if name in ("same-registry", "noop"):
+            repo = "src/app"
+            if not getattr(self, "_app", None):
+                img = push_image(reg, repo, "v1", layers=20, layer_size=4 * MiB, seed=20)
+                self._app = img
+            img = self._app
+            sizes = {b["digest"]: int(b["size"]) for b in img.blobs}
+            layer_bytes = sum(sizes.values())
+            return Scenario(
+                name,
+                20,
+                {"layers": 20, "blobs": len(sizes), "bytes": layer_bytes},
+                repo,
+                "v1",
+                img.digest,
+                reg,
+                reg,
+                proxy,
+                sizes,
+                noop=name == "noop",
+            )
+        if name == "same-registry-index":
+            repo = "src/multi"
+            idx = push_index(
+                reg,
+                repo,
+                "v1",
+                platforms=("linux/amd64", "linux/arm64", "linux/arm/v7", "linux/ppc64le"),
+                layers=7,
+                layer_size=2 * MiB,
+                shared_base=True,
+                seed=4,
+            )
+            sizes = {b["digest"]: int(b["size"]) for b in idx.blobs}
+            return Scenario(
+                name,
+                20,
+                {
+                    "platforms": 4,
+                    "layers_per_platform": 8,
+                    "blobs": len(sizes),
+                    "bytes": sum(sizes.values()),
+                },
+                repo,
+                "v1",
+                idx.digest,
+                reg,
+                reg,
+                proxy,
+                sizes,
+            )
+        if name == "cross-registry":
+            repo = "src/big"
+            layers = [cached_layer(CACHE / "layers", 128 * MiB, 1000 + i) for i in range(8)]
+            log("pushing the 1 GiB cross-registry source image")
+            digest = push_big_image(reg.url, repo, "v1", layers)
+            sizes = {la.digest: la.size for la in layers}
+            return Scenario(
+                name,
+                0,
+                {"layers": 8, "blobs": 9, "bytes": sum(sizes.values())},
+                repo,
+                "v1",
+                digest,
+                reg,
+                reg2,
+                None,
+                sizes,
+            )
+        raise ValueError(name)
+
+    # -- measuring ---------------------------------------------------------------------------
+    def verify(self, sc: Scenario, repo: str) -> str:
+        reg = sc.dst_registry
+        with httpx.Client(timeout=30) as c:
+            r = c.head(f"{reg.url}/v2/{repo}/manifests/{sc.tag}", headers={"Accept": ACCEPT})
+        got = r.headers.get("Docker-Content-Digest", "")
+        if r.status_code != 200 or got != sc.digest:
+            return f"destination {repo}:{sc.tag} is {r.status_code} {got}, expected {sc.digest}"
+        return ""
+
+    def prepopulate(self, sc: Scenario, repo: str) -> None:
+        """noop: make the destination already up to date (directly, without the proxy)."""
+        crane = find_tool("crane")
+        assert crane is not None
+        subprocess.run(
+            [
+                crane,
+                "copy",
+                "--insecure",
+                f"{sc.registry.host}/{sc.src_repo}:{sc.tag}",
+                f"{sc.dst_registry.host}/{repo}:{sc.tag}",
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    def one_run(self, sc: Scenario, tool: Tool, repo: str, engine: EngineWorker | None) -> Run:
+        marks = None
+        if sc.proxy is not None:
+            sc.proxy.dump()  # drop whatever came before
+        else:
+            marks = (sc.registry.mark(), sc.dst_registry.mark())
+        if engine is not None:
+            ans = engine.copy(sc.src, sc.dst(repo), fresh_locations=sc.proxy is None)
+            if not ans.get("ok"):
+                return Run(False, 0.0, error=str(ans.get("error")))
+            run = Run(True, float(ans["wall_s"]), rss=int(ans["maxrss_bytes"]))
+        else:
+            pr = run_measured(tool.argv(sc.src, sc.dst(repo), sc.hosts), tool.env)
+            if pr.rc != 0:
+                return Run(False, pr.wall_s, error=f"exit {pr.rc}: {pr.stderr.strip()[-500:]}")
+            run = Run(True, pr.wall_s, rss=pr.maxrss_bytes)
+        if sc.proxy is not None:
+            d = sc.proxy.dump()
+            reqs = d["requests"]
+            run.requests = len(reqs)
+            run.blob_bytes = blob_bytes_from_proxy(reqs)
+            run.rtts = critical_path(reqs)
+            run.connections = int(d["connections"])
+            self.save_requests(sc, tool, reqs)
+        else:
+            assert marks is not None
+            src_log = sc.registry.access_log_since(marks[0])
+            dst_log = sc.dst_registry.access_log_since(marks[1])
+            if sc.registry is sc.dst_registry:
+                dst_log = []
+            run.requests = len(src_log) + len(dst_log)
+            run.blob_bytes = blob_bytes_from_logs(src_log, dst_log, sc.blob_sizes)
+        err = self.verify(sc, repo)
+        if err:
+            run.ok, run.error = False, err
+        return run
+
+    def save_requests(self, sc: Scenario, tool: Tool, reqs: list[dict[str, Any]]) -> None:
+        """Keep the last run's request log per tool (for RTT and request-count analysis)."""
+        out = CACHE / "requests" / sc.name
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{tool.name}.json").write_text(json.dumps(reqs, indent=1))
+
+    def scenario(self, sc: Scenario) -> dict[str, Any]:
+        args = self.args
+        tools = [t for t in self.tools.values()]
+        for t in tools:
+            t.prepare(sc.hosts)
+        engine = EngineWorker(sc.hosts) if "imagecopy-engine" in self.tools else None
+        runs: dict[str, list[Run]] = {t.name: [] for t in tools}
+        errors: dict[str, str] = {}
+        counter = iter(range(1_000_000))
+
+        def dest_repo(tool: Tool) -> str:
+            if sc.noop:
+                return f"bench/{sc.name}/{tool.name}-{self.uid}"
+            return f"bench/{sc.name}/{tool.name}-{self.uid}-{next(counter)}"
+
+        if sc.noop:
+            for t in tools:
+                self.prepopulate(sc, dest_repo(t))
+        # warm-up: one untimed run per tool (page cache, engine connection pool, registry)
+        for t in tools:
+            for _ in range(args.warmup):
+                r = self.one_run(
+                    sc, t, dest_repo(t), engine if t.name == "imagecopy-engine" else None
+                )
+                if not r.ok:
+                    errors[t.name] = r.error
+                    log(f"{sc.name}: {t.name} warm-up failed: {r.error}")
+        order = [t for t in tools if t.name not in errors]
+        for i in range(args.runs):
+            rnd = random.Random(i)
+            rnd.shuffle(order)  # interleave tools; shuffle against drift on a noisy machine
+            for t in order:
+                r = self.one_run(
+                    sc, t, dest_repo(t), engine if t.name == "imagecopy-engine" else None
+                )
+                if not r.ok:
+                    log(f"{sc.name}: {t.name} run {i} failed: {r.error}")
+                    errors.setdefault(t.name, r.error)
+                    continue
+                runs[t.name].append(r)
+            log(f"{sc.name}: round {i + 1}/{args.runs} done")
+        if engine is not None and args.profile and sc.name in ("same-registry", "cross-registry"):
+            out = self.profiles / sc.name
+            log(f"{sc.name}: profiling one engine copy -> {out}.txt")
+            engine.copy(
+                sc.src,
+                sc.dst(dest_repo(self.tools["imagecopy-engine"])),
+                fresh_locations=sc.proxy is None,
+                profile=str(out),
+            )
+            if sc.proxy is not None:
+                sc.proxy.dump()
+        baseline = engine.baseline_rss if engine is not None else 0
+        if engine is not None:
+            engine.close()
+        return self.summarize(sc, runs, errors, baseline)
+
+    # -- results -----------------------------------------------------------------------------
+    def summarize(
+        self, sc: Scenario, runs: dict[str, list[Run]], errors: dict[str, str], engine_baseline: int
+    ) -> dict[str, Any]:
+        results: list[dict[str, Any]] = []
+        for name, rs in runs.items():
+            tool = self.tools[name]
+            entry: dict[str, Any] = {
+                "tool": name,
+                "version": tool.version,
+                "command": tool.template,
+                "runs": len(rs),
+            }
+            if not rs:
+                entry["error"] = errors.get(name, "no successful run")
+                results.append(entry)
+                continue
+            walls = [r.wall_s for r in rs]
+            entry["wall_s"] = {
+                "min": round(min(walls), 4),
+                "median": round(statistics.median(walls), 4),
+                "max": round(max(walls), 4),
+            }
+            entry["requests"] = int(statistics.median([r.requests for r in rs]))
+            entry["blob_bytes_moved"] = int(statistics.median([r.blob_bytes for r in rs]))
+            entry["peak_rss_bytes"] = max(r.rss for r in rs)
+            if name == "imagecopy-engine":
+                entry["rss_growth_bytes"] = max(r.rss for r in rs) - engine_baseline
+            if sc.proxy is not None:
+                rtts = [r.rtts for r in rs if r.rtts is not None]
+                entry["rtts"] = int(statistics.median(rtts)) if rtts else None
+                entry["wall_in_rtts"] = round(statistics.median(walls) / (sc.rtt_ms / 1000), 1)
+                entry["connections"] = int(statistics.median([r.connections or 0 for r in rs]))
+            else:
+                entry["throughput_mib_s"] = round(
+                    sc.image["bytes"] / statistics.median(walls) / MiB, 1
+                )
+            if name in errors:
+                entry["error"] = errors[name]
+            results.append(entry)
+        peers = [r for r in results if r["tool"] in PEERS and "wall_s" in r]
+        best = min(peers, key=lambda r: r["wall_s"]["median"]) if peers else None
+        crane = next((r for r in results if r["tool"] == "crane" and "wall_s" in r), None)
+        for r in results:
+            if best is not None and "wall_s" in r:
+                r["ratio_vs_best_peer"] = round(r["wall_s"]["median"] / best["wall_s"]["median"], 3)
+            if crane is not None and "wall_s" in r and sc.proxy is None:
+                r["ratio_vs_crane"] = round(r["wall_s"]["median"] / crane["wall_s"]["median"], 3)
+        out: dict[str, Any] = {
+            "name": sc.name,
+            "rtt_ms": sc.rtt_ms,
+            "image": sc.image,
+            "source_digest": sc.digest,
+            "best_peer": best["tool"] if best else None,
+            "results": results,
+        }
+        out["targets"] = evaluate_targets(out)
+        return out
+
+
+def _get(results: list[dict[str, Any]], tool: str) -> dict[str, Any] | None:
+    return next((r for r in results if r["tool"] == tool and "wall_s" in r), None)
+
+
+def evaluate_targets(sc: dict[str, Any]) -> list[dict[str, Any]]:
+    res = sc["results"]
+    eng, cli = _get(res, "imagecopy-engine"), _get(res, "imagecopy")
+    blobs = int(sc["image"].get("blobs", 0))
+    out: list[dict[str, Any]] = []
+
+    def add(what: str, value: float | None, limit: float, op: str = "<=") -> None:
+        met = None if value is None else (value <= limit if op == "<=" else value >= limit)
+        out.append({"target": what, "value": value, "limit": limit, "op": op, "met": met})
+
+    def val(r: dict[str, Any] | None, key: str) -> float | None:
+        return None if r is None else r.get(key)
+
+    name = sc["name"]
+    if name == "same-registry":
+        add("engine wall / best peer", val(eng, "ratio_vs_best_peer"), 0.5)
+        add("CLI wall / best peer", val(cli, "ratio_vs_best_peer"), 1.0)
+        add("engine requests (blobs + 3)", val(eng, "requests"), blobs + 3)
+        add("CLI requests (blobs + 3)", val(cli, "requests"), blobs + 3)
+        add("engine blob bytes moved", val(eng, "blob_bytes_moved"), 0)
+        add("CLI blob bytes moved", val(cli, "blob_bytes_moved"), 0)
+        add("engine RTTs", val(eng, "rtts"), 5)
+    elif name == "same-registry-index":
+        add("engine wall / best peer", val(eng, "ratio_vs_best_peer"), 0.5)
+        add("engine RTTs", val(eng, "rtts"), 7)
+    elif name == "cross-registry":
+        for label, r in (("engine", eng), ("CLI", cli)):
+            v = val(r, "ratio_vs_crane")
+            add(f"{label} throughput / crane", None if not v else round(1 / v, 3), 1.0, ">=")
+        add(
+            "CLI peak RSS (MiB)",
+            None if cli is None else round(cli["peak_rss_bytes"] / MiB, 1),
+            150,
+        )
+        add(
+            "engine peak RSS (MiB)",
+            None if eng is None else round(eng["peak_rss_bytes"] / MiB, 1),
+            150,
+        )
+    elif name == "noop":
+        add("engine requests", val(eng, "requests"), 2)
+        add("CLI requests", val(cli, "requests"), 2)
+    return out
+
+
+# --- reports ----------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    mem = 0
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        mem = int(f.readline().split()[1]) // (1024 * 1024)
+    load = os.getloadavg()
+    return (
+        f"{os.cpu_count()} cores, {mem} GiB RAM, {platform.platform()}, "
+        f"Python {platform.python_version()}, load avg at start {load[0]:.1f}"
+    )
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    if n >= MiB:
+        return f"{n / MiB:.1f} MiB"
+    if n >= 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n} B"
+
+
+def write_markdown(data: dict[str, Any], path: Path) -> None:
+    lines = [
+        "# imagecopy benchmark results",
+        "",
+        f"- date: {data['date']}",
+        f"- machine: {data['machine']}",
+        f"- runs per tool: {data['runs']} timed after {data['warmup']} warm-up; wall times "
+        "are medians with min-max; ratios are medians over the fastest peer's median",
+        "- method, commands and caveats: bench/README.md",
+        "",
+    ]
+    for n in data.get("notes", []):
+        lines.append(f"- note: {n}")
+    for sc in data["scenarios"]:
+        img = ", ".join(
+            f"{k} {fmt_bytes(v) if k == 'bytes' else v}" for k, v in sc["image"].items()
+        )
+        net = f"{sc['rtt_ms']} ms RTT via proxy" if sc["rtt_ms"] else "loopback, no proxy"
+        lines += [
+            "",
+            f"## {sc['name']}",
+            "",
+            f"Image: {img}. Network: {net}. Best peer: {sc['best_peer']}.",
+            "",
+        ]
+        cross = sc["rtt_ms"] == 0
+        head = ["tool", "median s", "min-max s", "x best peer"]
+        head += ["x crane", "MiB/s"] if cross else ["RTTs (chain)", "wall/RTT"]
+        head += ["requests", "blob bytes moved", "peak RSS"]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for r in sc["results"]:
+            if "wall_s" not in r:
+                lines.append(f"| {r['tool']} | failed: {r.get('error', '')[:80]} |")
+                continue
+            w = r["wall_s"]
+            row = [
+                r["tool"],
+                f"{w['median']:.3f}",
+                f"{w['min']:.3f}-{w['max']:.3f}",
+                f"{r.get('ratio_vs_best_peer', 0):.2f}",
+            ]
+            if cross:
+                row += [f"{r.get('ratio_vs_crane', 0):.2f}", f"{r.get('throughput_mib_s', 0)}"]
+            else:
+                row += [str(r.get("rtts")), str(r.get("wall_in_rtts"))]
+            rss = fmt_bytes(r["peak_rss_bytes"])
+            if "rss_growth_bytes" in r:
+                rss += f" (+{fmt_bytes(r['rss_growth_bytes'])})"
+            row += [str(r["requests"]), fmt_bytes(r["blob_bytes_moved"]), rss]
+            lines.append("| " + " | ".join(row) + " |")
+        lines += ["", "| target | value | limit | met |", "|---|---|---|---|"]
+        for t in sc["targets"]:
+            met = {True: "met", False: "**missed**", None: "n/a"}[t["met"]]
+            lines.append(f"| {t['target']} | {t['value']} | {t['op']} {t['limit']} | {met} |")
+    lines += ["", "## Commands", ""]
+    for name, cmd in data["commands"].items():
+        lines.append(f"- `{name}` ({data['versions'].get(name, '')}): `{cmd}`")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scs = data["scenarios"]
+    fig, axes = plt.subplots(1, len(scs), figsize=(4.2 * len(scs), 4.2), squeeze=False)
+    colors = {
+        "imagecopy": "#1f77b4",
+        "imagecopy-engine": "#17becf",
+        "oras": "#ff7f0e",
+        "crane": "#2ca02c",
+        "skopeo": "#d62728",
+        "regctl": "#9467bd",
+    }
+    for ax, sc in zip(axes[0], scs, strict=True):
+        rs = [r for r in sc["results"] if "wall_s" in r]
+        names = [r["tool"] for r in rs]
+        med = [r["wall_s"]["median"] for r in rs]
+        lo = [r["wall_s"]["median"] - r["wall_s"]["min"] for r in rs]
+        hi = [r["wall_s"]["max"] - r["wall_s"]["median"] for r in rs]
+        ax.bar(
+            range(len(rs)),
+            med,
+            yerr=[lo, hi],
+            capsize=3,
+            color=[colors.get(n, "grey") for n in names],
+        )
+        ax.set_xticks(range(len(rs)), names, rotation=40, ha="right", fontsize=8)
+        net = f"{sc['rtt_ms']} ms RTT" if sc["rtt_ms"] else "loopback"
+        ax.set_title(f"{sc['name']}\n({net})", fontsize=10)
+        ax.set_ylabel("wall time, s (median, min-max)")
+        for x, m in enumerate(med):
+            ax.text(x, m, f"{m:.2f}", ha="center", va="bottom", fontsize=7)
+    fig.suptitle(f"imagecopy vs peers — {data['date'][:10]}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5, help="timed runs per tool (default 5)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    ap.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated subset of {','.join(SCENARIOS)}",
+    )
+    ap.add_argument("--tools", default=",".join(ALL_TOOLS), help="comma-separated subset")
+    ap.add_argument("--rtt-ms", type=float, default=20.0, help="injected RTT (default 20)")
+    ap.add_argument("--quick", action="store_true", help="2 runs, no profiles")
+    ap.add_argument(
+        "--no-profile",
+        dest="profile",
+        action="store_false",
+        help="skip the pyinstrument profiles of the engine",
+    )
+    ap.add_argument(
+        "--no-install",
+        dest="install",
+        action="store_false",
+        help="do not try to build regctl when it is missing",
+    )
+    ap.add_argument("--out", default=str(BENCH), help="where results.* and wall_time.png go")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.runs, args.profile = 2, False
+    args.scenarios = [s for s in args.scenarios.split(",") if s]
+    args.tools = [t for t in args.tools.split(",") if t]
+    for s in args.scenarios:
+        if s not in SCENARIOS:
+            ap.error(f"unknown scenario {s}")
+    for t in args.tools:
+        if t not in ALL_TOOLS:
+            ap.error(f"unknown tool {t}")
+    return args
+
+
+@contextlib.contextmanager
+def bench_session(args: argparse.Namespace) -> Iterator[Bench]:
+    b = Bench(args)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    data: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "rtt_method": (
+            "rtts = longest chain of strictly sequential requests seen at the proxy "
+            "(each starts after the previous response ended); wall_in_rtts = "
+            "median wall / RTT"
+        ),
+        "scenarios": [],
+    }
+    with bench_session(args) as b:
+        data["notes"] = list(b.notes)
+        data["versions"] = {t.name: t.version for t in b.tools.values()}
+        data["commands"] = {t.name: t.template for t in b.tools.values()}
+        reg = b.registry("registry-a")
+        reg2 = b.registry("registry-b") if "cross-registry" in args.scenarios else reg
+        proxy = b.proxy(reg, args.rtt_ms / 2)
+        log(f"registry {reg.host}, proxy {proxy.host} (+{args.rtt_ms / 2:g} ms per direction)")
+        for name in args.scenarios:
+            sc = b.setup(name, reg, reg2, proxy)
+            log(f"{name}: {sc.image}; tools {', '.join(b.tools)}")
+            t0 = time.monotonic()
+            data["scenarios"].append(b.scenario(sc))
+            log(f"{name}: done in {time.monotonic() - t0:.0f} s")
+    data["elapsed_s"] = round(time.monotonic() - started, 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(data, indent=2) + "\n")
+    write_markdown(data, out / "results.md")
+    try:
+        write_plot(data, out / "wall_time.png")
+    except ImportError as exc:
+        log(f"no plot: {exc}")
+    print((out / "results.md").read_text())
+    log(f"finished in {data['elapsed_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The Kubernetes operator: Kopf handlers (thin) → the ImageCopy service → the copy engine."""

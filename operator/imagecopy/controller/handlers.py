@@ -1,0 +1,110 @@
+"""Kopf handlers for ``imagecopies.imagecopy.dev``; ``kopf run -m imagecopy.controller.handlers``.
+
+Thin on purpose: process-wide clients are built at start-up and kept in ``memo``; every
+object gets one daemon that runs the service's reconcile loop; creation and spec updates only
+wake that loop. Resuming (operator start) needs no handler: the daemon starts for every
+existing object and looks at once when the object is not settled, else at its next interval. Status is written by the service through the ``/status``
+subresource, which never triggers the update handler (it watches ``spec`` only).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any, cast
+
+import kopf
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
+from ..copy.engine import Copier
+from ..copy.locations import BlobLocations
+from .kube import GROUP, PLURAL, VERSION, KubeClient
+from .metrics import Metrics, serve_metrics
+from .service import ImageCopyService, InstrumentedPool, ObjectRef, transport_settings
+from .settings import Settings
+
+KIND = "ImageCopy"
+
+
+def _post_event(ref: ObjectRef, type_: str, reason: str, message: str) -> None:
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {"namespace": ref.namespace, "name": ref.name, "uid": ref.uid},
+    }
+    kopf.event(kopf.Body(cast(Any, body)), type=type_, reason=reason, message=message[:1024])
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    config = Settings.from_env()
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.reporting_component = "imagecopy"
+    settings.posting.reporting_instance = socket.gethostname()
+
+    registry = CollectorRegistry()
+    for collector in (ProcessCollector, PlatformCollector, GCCollector):
+        collector(registry=registry)
+    metrics = Metrics(registry)
+    if config.metrics_port:
+        serve_metrics(config.metrics_port, registry)
+    pool = InstrumentedPool(transport_settings(config), metrics)
+    kube = KubeClient.from_environment()
+    memo.pool = pool
+    memo.kube = kube
+    memo.service = ImageCopyService(
+        copier=Copier(pool, BlobLocations()),
+        secrets=kube,
+        status_writer=kube,
+        events=_post_event,
+        metrics=metrics,
+        settings=config,
+    )
+    logger.info(
+        "imagecopy operator started: allowedRegistries=%s insecureRegistries=%s "
+        "maxConcurrentCopies=%d blobConcurrency=%d stalledRetry=%ss metricsPort=%d",
+        ",".join(config.allowed_registries),
+        ",".join(sorted(config.insecure_registries)) or "-",
+        config.max_concurrent_copies,
+        config.blob_concurrency,
+        config.stalled_retry,
+        config.metrics_port,
+    )
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    pool = memo.get("pool")
+    if pool is not None:
+        await pool.aclose()
+    kube = memo.get("kube")
+    if kube is not None:
+        kube.close()
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+def created(memo: Any, namespace: str | None, name: str, uid: str, **_: Any) -> None:
+    memo.service.request(ObjectRef(namespace or "", name, uid))
+
+
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def spec_changed(memo: Any, namespace: str | None, name: str, uid: str, **_: Any) -> None:
+    memo.service.request(ObjectRef(namespace or "", name, uid))
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, id="reconcile", cancellation_timeout=5.0, backoff=5.0)
+async def reconcile(
+    memo: Any,
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    uid: str,
+    stopped: kopf.DaemonStopped,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    await memo.service.run(ObjectRef(namespace or "", name, uid), body, stopped.wait(), logger)

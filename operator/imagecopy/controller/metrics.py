@@ -1,0 +1,108 @@
+"""Prometheus metrics of API.md §5 and the ``/metrics`` endpoint.
+
+One ``Metrics`` per process, on the default registry in the operator; tests pass their own
+``CollectorRegistry``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from ..copy.report import CopyReport, Outcome
+from .status import CONDITION_TYPES
+
+__all__ = ["Metrics", "serve_metrics"]
+
+_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        kwargs: dict[str, Any] = {} if registry is None else {"registry": registry}
+        self.copies = Counter(
+            "imagecopy_copies",
+            "Copy attempts by result: Copied, UpToDate, TagExists, or the failure reason.",
+            ["result"],
+            **kwargs,
+        )
+        self.blobs = Counter(
+            "imagecopy_blobs",
+            "Blobs handled by copies, by outcome (mounted, uploaded, existing).",
+            ["outcome"],
+            **kwargs,
+        )
+        self.bytes = Counter(
+            "imagecopy_bytes",
+            "Blob bytes handled by copies, by outcome (mounted, uploaded, existing).",
+            ["outcome"],
+            **kwargs,
+        )
+        self.bytes_saved = Counter(
+            "imagecopy_bytes_saved",
+            "Blob bytes that crossed no network (mounted plus already present).",
+            **kwargs,
+        )
+        self.duration = Histogram(
+            "imagecopy_copy_duration_seconds",
+            "Duration of copies that moved or linked something.",
+            buckets=_DURATION_BUCKETS,
+            **kwargs,
+        )
+        self.requests = Counter(
+            "imagecopy_registry_requests",
+            "HTTP requests to registries by registry, method and status code ('error': none).",
+            ["registry", "method", "code"],
+            **kwargs,
+        )
+        self.objects = Gauge(
+            "imagecopy_objects",
+            "ImageCopy objects whose condition is True, by condition.",
+            ["condition"],
+            **kwargs,
+        )
+        for outcome in ("mounted", "uploaded", "existing"):
+            self.blobs.labels(outcome)
+            self.bytes.labels(outcome)
+        for type_ in CONDITION_TYPES:
+            self.objects.labels(type_).set(0)
+
+    def record_report(self, report: CopyReport) -> None:
+        self.copies.labels(report.outcome.value).inc()
+        if report.outcome is not Outcome.COPIED:
+            return
+        self.blobs.labels("mounted").inc(report.blobs_mounted)
+        self.blobs.labels("uploaded").inc(report.blobs_uploaded)
+        self.blobs.labels("existing").inc(report.blobs_existing)
+        self.bytes.labels("mounted").inc(report.bytes_mounted)
+        self.bytes.labels("uploaded").inc(report.bytes_uploaded)
+        self.bytes.labels("existing").inc(report.bytes_existing)
+        self.bytes_saved.inc(report.bytes_saved)
+        self.duration.observe(report.duration_seconds)
+
+    def record_failure(self, reason: str) -> None:
+        self.copies.labels(reason).inc()
+
+    def record_request(self, registry: str, method: str, code: str) -> None:
+        """A ``RequestStats`` listener."""
+        self.requests.labels(registry, method, code).inc()
+
+    def set_objects(self, true_conditions: Iterable[frozenset[str]]) -> None:
+        """Recount ``imagecopy_objects`` from each object's set of True conditions."""
+        counts = dict.fromkeys(CONDITION_TYPES, 0)
+        for conditions in true_conditions:
+            for type_ in conditions:
+                if type_ in counts:
+                    counts[type_] += 1
+        for type_, count in counts.items():
+            self.objects.labels(type_).set(count)
+
+
+def serve_metrics(port: int, registry: CollectorRegistry | None = None) -> None:
+    """Serve ``/metrics`` on ``port`` (all interfaces) from a daemon thread."""
+    if registry is None:
+        start_http_server(port)
+    else:
+        start_http_server(port, registry=registry)

@@ -1,0 +1,159 @@
+"""Operator settings: the environment variables of API.md §4, read once at start-up.
+
+Invalid values stop the operator at start with one sentence naming the variable: a typo in a
+Helm value must not turn into a silently different policy.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..oci.netguard import DEFAULT_BLOCKED_NETWORKS
+
+__all__ = ["Settings", "SettingsError", "format_duration", "parse_duration"]
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the operator cannot use."""
+
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go duration (``90s``, ``10m``, ``1h30m``, ``1.5h``); a bare number is
+    seconds. Raises ``ValueError`` for anything else."""
+    value = text.strip()
+    if not value:
+        raise ValueError("empty duration")
+    try:
+        seconds = float(value)
+    except ValueError:
+        pos = 0
+        seconds = 0.0
+        for match in _DURATION_PART.finditer(value):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            pos = match.end()
+        if pos != len(value) or pos == 0:
+            raise ValueError(f"{text!r} is not a duration like 30s, 10m or 1h30m") from None
+    if seconds < 0 or seconds != seconds:
+        raise ValueError(f"{text!r} is not a positive duration")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``300.0`` → ``5m``; ``5400`` → ``1h30m``; ``2.5`` → ``2.5s``."""
+    if seconds < 60 or seconds != int(seconds):
+        return f"{seconds:g}s"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [
+        f"{hours}h" if hours else "",
+        f"{minutes}m" if minutes else "",
+        f"{secs}s" if secs else "",
+    ]
+    return "".join(parts)
+
+
+def _items(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: Host globs (``fnmatch`` on ``host[:port]`` and on ``host``) a copy may touch.
+    allowed_registries: tuple[str, ...] = ("*",)
+    #: Hosts (``host`` or ``host:port``) reached over plain HTTP or unverified TLS.
+    insecure_registries: frozenset[str] = frozenset()
+    #: CIDRs never contacted (registry, token realm or redirect target).
+    blocked_networks: tuple[str, ...] = DEFAULT_BLOCKED_NETWORKS
+    max_concurrent_copies: int = 4
+    blob_concurrency: int = 8
+    #: Seconds between re-checks of objects that set no ``spec.interval``; None: never.
+    default_interval: float | None = None
+    #: Seconds between retries of a Stalled object.
+    stalled_retry: float = 300.0
+    #: ``/metrics`` port; 0 turns the endpoint off.
+    metrics_port: int = 8080
+    #: Transient failures back off from ``retry_base`` doubling up to ``retry_max`` seconds.
+    retry_base: float = 2.0
+    retry_max: float = 300.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def integer(name: str, default: int, minimum: int) -> int:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+            if value < minimum:
+                raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+            return value
+
+        def duration(name: str, default: float | None) -> float | None:
+            raw = env.get(name, "").strip()
+            if not raw or raw.lower() in ("none", "off", "0", "0s"):
+                return default if not raw else None
+            try:
+                value = parse_duration(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{name}: {exc}") from None
+            if value < 1:
+                raise SettingsError(f"{name}={raw!r} must be at least 1s")
+            return value
+
+        allowed = _items(env.get("IMAGECOPY_ALLOWED_REGISTRIES")) or ("*",)
+        insecure = frozenset(h.lower() for h in _items(env.get("IMAGECOPY_INSECURE_REGISTRIES")))
+        blocked_raw = env.get("IMAGECOPY_BLOCKED_NETWORKS")
+        blocked = DEFAULT_BLOCKED_NETWORKS if blocked_raw is None else _items(blocked_raw)
+        for cidr in blocked:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise SettingsError(
+                    f"IMAGECOPY_BLOCKED_NETWORKS: {cidr!r} is not a CIDR like 169.254.0.0/16"
+                ) from None
+        stalled = duration("IMAGECOPY_STALLED_RETRY", 300.0)
+        return cls(
+            allowed_registries=allowed,
+            insecure_registries=insecure,
+            blocked_networks=tuple(blocked),
+            max_concurrent_copies=integer("IMAGECOPY_MAX_CONCURRENT_COPIES", 4, 1),
+            blob_concurrency=integer("IMAGECOPY_BLOB_CONCURRENCY", 8, 1),
+            default_interval=duration("IMAGECOPY_DEFAULT_INTERVAL", None),
+            stalled_retry=stalled if stalled is not None else 300.0,
+            metrics_port=integer("IMAGECOPY_METRICS_PORT", 8080, 0),
+        )
+
+    def registry_allowed(self, registry: str) -> bool:
+        """Whether ``registry`` (``host[:port]``, normalised) matches an allowed glob."""
+        host = registry.lower()
+        bare = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return any(
+            fnmatch.fnmatchcase(host, pattern.lower()) or fnmatch.fnmatchcase(bare, pattern.lower())
+            for pattern in self.allowed_registries
+        )

@@ -1,0 +1,227 @@
+"""The service's scheduling and status/event decisions, with the engine and the Kubernetes
+writes replaced by in-memory stand-ins (the real ones run in ``e2e/test_operator.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from prometheus_client import CollectorRegistry
+
+from imagecopy.controller.metrics import Metrics
+from imagecopy.controller.service import ImageCopyService, ObjectRef
+from imagecopy.controller.settings import Settings
+from imagecopy.controller.status import apply_patch, condition
+from imagecopy.copy.engine import Copier
+from imagecopy.copy.report import CopyReport, Outcome
+from imagecopy.oci import errors
+
+REF = ObjectRef("ns", "web", "uid-1")
+LOG = logging.getLogger("test")
+NOW = datetime(2026, 11, 27, 18, 0, 0, tzinfo=UTC)
+
+
+class FakeCopier:
+    def __init__(self) -> None:
+        self.results: list[CopyReport | Exception] = []
+        self.calls = 0
+
+    async def copy(
+        self, source: Any, destination: Any, options: Any, credentials: Any
+    ) -> CopyReport:
+        self.calls += 1
+        result = self.results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+class Writer:
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.patches: list[dict[str, Any]] = []
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+        self.patches.append(dict(status))
+        self.body["status"] = apply_patch(self.body.get("status"), status)
+        return True
+
+
+class NoSecrets:
+    async def read_secret(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return None
+
+    async def read_service_account(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return None
+
+
+def report(outcome: Outcome = Outcome.COPIED) -> CopyReport:
+    return CopyReport(
+        source="reg.example/dev/web:1",
+        destination="reg.example/prod/web:1",
+        source_digest="sha256:" + "a" * 64,
+        destination_digest="sha256:" + "a" * 64,
+        destination_pinned="reg.example/prod/web@sha256:" + "a" * 64,
+        outcome=outcome,
+        blobs_mounted=2,
+        bytes_mounted=10,
+    )
+
+
+def make(
+    spec: dict[str, Any] | None = None, **settings: Any
+) -> tuple[ImageCopyService, FakeCopier, Writer, list[tuple[str, str]], dict[str, Any]]:
+    body: dict[str, Any] = {
+        "metadata": {"generation": 1},
+        "spec": spec
+        or {
+            "source": {"image": "reg.example/dev/web:1"},
+            "destination": {"image": "reg.example/prod/web:1"},
+        },
+    }
+    copier = FakeCopier()
+    writer = Writer(body)
+    events: list[tuple[str, str]] = []
+    service = ImageCopyService(
+        copier=cast(Copier, copier),
+        secrets=NoSecrets(),
+        status_writer=writer,
+        events=lambda ref, type_, reason, message: events.append((type_, reason)),
+        metrics=Metrics(CollectorRegistry()),
+        settings=Settings(stalled_retry=7.0, **settings),
+        now=lambda: NOW,
+        rng=random.Random(0),
+    )
+    return service, copier, writer, events, body
+
+
+async def test_copy_writes_progress_then_ready_and_posts_copied() -> None:
+    service, copier, writer, events, body = make()
+    copier.results = [report()]
+    assert service.first_delay(body) == 0
+    assert await service.reconcile(REF, body, LOG) is None  # no interval: wait for a change
+    assert condition(writer.patches[0], "Reconciling")["status"] == "True"  # type: ignore[index]
+    ready = condition(body["status"], "Ready")
+    assert ready is not None and ready["status"] == "True" and ready["reason"] == "Copied"
+    assert body["status"]["observedGeneration"] == 1
+    assert events == [("Normal", "Copied")]
+
+
+async def test_interval_check_is_cheap_and_quiet_when_nothing_moved() -> None:
+    service, copier, writer, events, body = make(
+        {
+            "source": {"image": "reg.example/dev/web:1"},
+            "destination": {"image": "reg.example/prod/web:1"},
+            "interval": "60s",
+        }
+    )
+    copier.results = [report(), report(Outcome.UP_TO_DATE)]
+    delay = await service.reconcile(REF, body, LOG)
+    assert delay is not None and 60 <= delay <= 63
+    writes = len(writer.patches)
+    await service.reconcile(REF, body, LOG)
+    assert len(writer.patches) == writes + 1  # one status write (lastSyncTime), no progress write
+    assert events == [("Normal", "Copied")]  # no UpToDate event for a settled object
+    assert body["status"]["totals"]["copies"] == 1
+
+
+async def test_needs_a_change_failure_stalls_and_retries_slowly_with_one_event() -> None:
+    service, copier, _writer, events, body = make()
+    copier.results = [errors.SourceNotFound("reg.example/dev/web:1 not found")] * 3
+    assert await service.reconcile(REF, body, LOG) == 7.0
+    assert await service.reconcile(REF, body, LOG) == 7.0
+    stalled = condition(body["status"], "Stalled")
+    assert (
+        stalled is not None
+        and stalled["status"] == "True"
+        and stalled["reason"] == "SourceNotFound"
+    )
+    assert events == [("Warning", "CopyFailed")]
+
+
+async def test_transient_failures_back_off_exponentially() -> None:
+    service, copier, _writer, _events, body = make(retry_base=2.0, retry_max=20.0)
+    copier.results = [errors.RegistryUnreachable("down")] * 6
+    delays = [await service.reconcile(REF, body, LOG) for _ in range(6)]
+    assert delays[0] is not None and 1 <= delays[0] <= 2
+    assert delays[3] is not None and 8 <= delays[3] <= 16
+    assert delays[5] is not None and 10 <= delays[5] <= 20
+    reconciling = condition(body["status"], "Reconciling")
+    assert reconciling is not None and reconciling["status"] == "True"
+
+
+async def test_internal_errors_are_transient_and_hide_their_message() -> None:
+    service, copier, _writer, _events, body = make()
+    copier.results = [KeyError("token=secret")]
+    delay = await service.reconcile(REF, body, LOG)
+    assert delay is not None and delay <= 2
+    ready = condition(body["status"], "Ready")
+    assert ready is not None and ready["reason"] == "InternalError"
+    assert "secret" not in ready["message"]
+
+
+async def test_disallowed_registry_stalls_without_copying() -> None:
+    service, copier, _writer, _events, body = make(allowed_registries=("*.internal",))
+    assert await service.reconcile(REF, body, LOG) == 7.0
+    assert copier.calls == 0
+    ready = condition(body["status"], "Ready")
+    assert ready is not None and ready["reason"] == "RegistryNotAllowed"
+
+
+async def test_suspend_does_no_work_and_waits_for_a_change() -> None:
+    service, copier, writer, _events, body = make(
+        {
+            "source": {"image": "reg.example/dev/web:1"},
+            "destination": {"image": "reg.example/prod/web:1"},
+            "suspend": True,
+        }
+    )
+    assert await service.reconcile(REF, body, LOG) is None
+    assert await service.reconcile(REF, body, LOG) is None
+    assert copier.calls == 0
+    assert len(writer.patches) == 1
+    assert condition(body["status"], "Ready")["reason"] == "Suspended"  # type: ignore[index]
+    assert service.first_delay(body) is None
+
+
+async def test_first_delay_after_restart_counts_from_the_last_sync() -> None:
+    service, copier, _writer, _events, body = make(
+        {
+            "source": {"image": "reg.example/dev/web:1"},
+            "destination": {"image": "reg.example/prod/web:1"},
+            "interval": "10m",
+        }
+    )
+    copier.results = [report()]
+    await service.reconcile(REF, body, LOG)
+    body["status"]["lastSyncTime"] = (NOW - timedelta(minutes=4)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    delay = service.first_delay(body)
+    assert delay is not None and 360 <= delay <= 390
+    body["metadata"]["generation"] = 2  # a spec change while the operator was down
+    assert service.first_delay(body) == 0
+
+
+async def test_run_wakes_on_request_and_stops_on_signal() -> None:
+    service, copier, _writer, _events, body = make()
+    copier.results = [report(), report(Outcome.UP_TO_DATE)]
+    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(service.run(REF, body, stop, LOG))
+    for _ in range(100):
+        if copier.calls == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert copier.calls == 1
+    body["metadata"]["generation"] = 2
+    service.request(REF)
+    for _ in range(100):
+        if copier.calls == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert copier.calls == 2
+    assert body["status"]["observedGeneration"] == 2
+    stop.set_result(None)
+    await asyncio.wait_for(task, 2)
