@@ -136,3 +136,23 @@ async def test_connection_reset_mid_copy_then_rerun_resumes(
     report = await copy(src.ref, f"{proxy.address}/{dst_repo}:1", registry_v2, settings=settings)
     assert report.blobs_existing == 4 and report.blobs_uploaded == 0
     assert crane_digest(registry_v3, f"{registry_v3.host}/{dst_repo}:1") == src.digest
+
+
+async def test_registry_refusing_monolithic_put_gets_a_chunked_upload(
+    registry_v2: RegistryServer, registry_v3: RegistryServer, netproxy: ProxyFactory
+) -> None:
+    proxy = netproxy(registry_v3.host)
+    proxy.add_fault(method="PUT", path="/blobs/uploads/", status=405, times=1)
+    src = images.push_image(registry_v2, repo("dev"), "1", layers=1, layer_size=300_000)
+    dst_repo = repo("mirror")
+    settings = TransportSettings(plain_http=frozenset({proxy.address, registry_v2.host}))
+    report = await copy(
+        src.ref,
+        f"{proxy.address}/{dst_repo}:1",
+        registry_v2,
+        settings=settings,
+        options=CopyOptions(concurrency=1, chunk_size=64 * 1024),
+    )
+    assert report.blobs_uploaded == 2
+    assert proxy.stats.count(method="PATCH", path="/blobs/uploads/") >= 300_000 // (64 * 1024)
+    assert crane_digest(registry_v3, f"{registry_v3.host}/{dst_repo}:1") == src.digest
