@@ -66,6 +66,7 @@ class ProcResult:
     wall_s: float
     rc: int
     maxrss_bytes: int
+    cpu_s: float
     stderr: str
 
 
@@ -79,7 +80,7 @@ def run_measured(argv: list[str], env: dict[str, str], timeout: float = 900.0) -
     inherits the driver's RSS high-water mark in its own ``ru_maxrss`` (Linux keeps the
     pre-exec maximum), which would report the driver's size instead of the tool's."""
     with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as rss:
-        full = [TIME, "-f", "%M", "-o", rss.name, *argv] if os.access(TIME, os.X_OK) else argv
+        full = [TIME, "-f", "%M %U %S", "-o", rss.name, *argv] if os.access(TIME, os.X_OK) else argv
         t0 = time.perf_counter()
         proc = subprocess.Popen(
             full, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env
@@ -92,9 +93,12 @@ def run_measured(argv: list[str], env: dict[str, str], timeout: float = 900.0) -
         wall = time.perf_counter() - t0
         err.seek(0)
         text = err.read().decode(errors="replace")
-        lines = [ln for ln in rss.read().splitlines() if ln.strip().isdigit()]
-        maxrss = int(lines[-1]) * 1024 if lines else 0
-    return ProcResult(wall, rc, maxrss, text[-3000:])
+        maxrss, cpu = 0, 0.0
+        for ln in rss.read().splitlines():  # GNU time may prefix "Command exited with …"
+            parts = ln.split()
+            if len(parts) == 3 and parts[0].isdigit():
+                maxrss, cpu = int(parts[0]) * 1024, float(parts[1]) + float(parts[2])
+    return ProcResult(wall, rc, maxrss, cpu, text[-3000:])
 
 
 class Proxy:
@@ -308,6 +312,7 @@ class Run:
     requests: int = 0
     blob_bytes: int = 0
     rss: int = 0
+    cpu_s: float = 0.0
     rtts: int | None = None
     connections: int | None = None
     error: str = ""
@@ -326,6 +331,9 @@ class Scenario:
     proxy: Proxy | None
     blob_sizes: dict[str, int]
     noop: bool = False
+    #: a new destination registry (new port, empty storage) for every run: no tool can
+    #: mount from what an earlier run left there (skopeo's blob-info cache would)
+    fresh_dst: bool = False
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -398,6 +406,7 @@ class Bench:
         self.proxies: list[Proxy] = []
         self.uid = f"{int(time.time()) % 100000:05d}"
         self.profiles = CACHE / "profiles"
+        self.dst_n = 0
 
     # -- infrastructure ----------------------------------------------------------------------
     def registry(self, name: str) -> RegistryServer:
@@ -487,6 +496,7 @@ class Bench:
                 reg2,
                 None,
                 sizes,
+                fresh_dst=True,
             )
         raise ValueError(name)
 
@@ -517,21 +527,43 @@ class Bench:
         )
 
     def one_run(self, sc: Scenario, tool: Tool, repo: str, engine: EngineWorker | None) -> Run:
+        with self.destination(sc, tool):
+            return self._one_run(sc, tool, repo, engine)
+
+    @contextlib.contextmanager
+    def destination(self, sc: Scenario, tool: Tool) -> Iterator[None]:
+        """For ``fresh_dst`` scenarios: a new, empty destination registry around one run."""
+        if not sc.fresh_dst:
+            yield
+            return
+        self.dst_n += 1
+        work = self.work / f"dst-{self.dst_n}"
+        sc.dst_registry = RegistryServer(impl="v2", workdir=work).start()
+        try:
+            tool.prepare(sc.hosts)
+            yield
+        finally:
+            sc.dst_registry.stop()
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _one_run(self, sc: Scenario, tool: Tool, repo: str, engine: EngineWorker | None) -> Run:
         marks = None
         if sc.proxy is not None:
             sc.proxy.dump()  # drop whatever came before
         else:
             marks = (sc.registry.mark(), sc.dst_registry.mark())
         if engine is not None:
-            ans = engine.copy(sc.src, sc.dst(repo), fresh_locations=sc.proxy is None)
+            ans = engine.copy(sc.src, sc.dst(repo))
             if not ans.get("ok"):
                 return Run(False, 0.0, error=str(ans.get("error")))
-            run = Run(True, float(ans["wall_s"]), rss=int(ans["maxrss_bytes"]))
+            run = Run(
+                True, float(ans["wall_s"]), rss=int(ans["maxrss_bytes"]), cpu_s=float(ans["cpu_s"])
+            )
         else:
             pr = run_measured(tool.argv(sc.src, sc.dst(repo), sc.hosts), tool.env)
             if pr.rc != 0:
                 return Run(False, pr.wall_s, error=f"exit {pr.rc}: {pr.stderr.strip()[-500:]}")
-            run = Run(True, pr.wall_s, rss=pr.maxrss_bytes)
+            run = Run(True, pr.wall_s, rss=pr.maxrss_bytes, cpu_s=pr.cpu_s)
         if sc.proxy is not None:
             d = sc.proxy.dump()
             reqs = d["requests"]
@@ -562,9 +594,12 @@ class Bench:
     def scenario(self, sc: Scenario) -> dict[str, Any]:
         args = self.args
         tools = [t for t in self.tools.values()]
-        for t in tools:
-            t.prepare(sc.hosts)
-        engine = EngineWorker(sc.hosts) if "imagecopy-engine" in self.tools else None
+        if not sc.fresh_dst:
+            for t in tools:
+                t.prepare(sc.hosts)
+        # host without port: TransportSettings matches it for every port (fresh registries)
+        plain = sorted({h.rsplit(":", 1)[0] for h in sc.hosts}) if sc.fresh_dst else sc.hosts
+        engine = EngineWorker(plain) if "imagecopy-engine" in self.tools else None
         runs: dict[str, list[Run]] = {t.name: [] for t in tools}
         errors: dict[str, str] = {}
         counter = iter(range(1_000_000))
@@ -603,12 +638,12 @@ class Bench:
         if engine is not None and args.profile and sc.name in ("same-registry", "cross-registry"):
             out = self.profiles / sc.name
             log(f"{sc.name}: profiling one engine copy -> {out}.txt")
-            engine.copy(
-                sc.src,
-                sc.dst(dest_repo(self.tools["imagecopy-engine"])),
-                fresh_locations=sc.proxy is None,
-                profile=str(out),
-            )
+            with self.destination(sc, self.tools["imagecopy-engine"]):
+                engine.copy(
+                    sc.src,
+                    sc.dst(dest_repo(self.tools["imagecopy-engine"])),
+                    profile=str(out),
+                )
             if sc.proxy is not None:
                 sc.proxy.dump()
         baseline = engine.baseline_rss if engine is not None else 0
@@ -642,6 +677,7 @@ class Bench:
             entry["requests"] = int(statistics.median([r.requests for r in rs]))
             entry["blob_bytes_moved"] = int(statistics.median([r.blob_bytes for r in rs]))
             entry["peak_rss_bytes"] = max(r.rss for r in rs)
+            entry["cpu_s"] = round(statistics.median([r.cpu_s for r in rs]), 3)
             if name == "imagecopy-engine":
                 entry["rss_growth_bytes"] = max(r.rss for r in rs) - engine_baseline
             if sc.proxy is not None:
@@ -777,7 +813,7 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
         cross = sc["rtt_ms"] == 0
         head = ["tool", "median s", "min-max s", "x best peer"]
         head += ["x crane", "MiB/s"] if cross else ["RTTs (chain)", "wall/RTT"]
-        head += ["requests", "blob bytes moved", "peak RSS"]
+        head += ["requests", "blob bytes moved", "peak RSS", "CPU s"]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
         for r in sc["results"]:
@@ -798,7 +834,7 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
             rss = fmt_bytes(r["peak_rss_bytes"])
             if "rss_growth_bytes" in r:
                 rss += f" (+{fmt_bytes(r['rss_growth_bytes'])})"
-            row += [str(r["requests"]), fmt_bytes(r["blob_bytes_moved"]), rss]
+            row += [str(r["requests"]), fmt_bytes(r["blob_bytes_moved"]), rss, f"{r['cpu_s']:.2f}"]
             lines.append("| " + " | ".join(row) + " |")
         lines += ["", "| target | value | limit | met |", "|---|---|---|---|"]
         for t in sc["targets"]:

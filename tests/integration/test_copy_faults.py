@@ -142,8 +142,10 @@ async def test_registry_refusing_monolithic_put_gets_a_chunked_upload(
     registry_v2: RegistryServer, registry_v3: RegistryServer, netproxy: ProxyFactory
 ) -> None:
     proxy = netproxy(registry_v3.host)
-    proxy.add_fault(method="PUT", path="/blobs/uploads/", status=405, times=1)
     src = images.push_image(registry_v2, repo("dev"), "1", layers=1, layer_size=300_000)
+    layer_hex = src.blobs[1]["digest"].split(":")[1]
+    # The monolithic PUT of the layer carries ?digest=…: refuse it once.
+    proxy.add_fault(method="PUT", path="/blobs/uploads/", query=layer_hex, status=405, times=1)
     dst_repo = repo("mirror")
     settings = TransportSettings(plain_http=frozenset({proxy.address, registry_v2.host}))
     report = await copy(

@@ -19,7 +19,7 @@ import ipaddress
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -314,6 +314,7 @@ class RegistryAuth(httpx.Auth):
         scheme: str = "https",
         allow_insecure_realm: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        challenges: MutableMapping[str, Challenge] | None = None,
     ) -> None:
         try:
             self.registry = normalize_registry(registry)
@@ -325,7 +326,12 @@ class RegistryAuth(httpx.Auth):
         self._allow_insecure_realm = allow_insecure_realm
         self._clock = clock
         self._host, self._port = _host_port(self.registry, self._scheme)
-        self._challenge: Challenge | None = None
+        # Challenges are not secret: a process-wide memory of them (per registry) lets the
+        # first request of a later copy carry a token instead of paying a 401 round trip.
+        self._challenges = challenges
+        self._challenge: Challenge | None = (
+            challenges.get(self.registry) if challenges is not None else None
+        )
         self._tokens: list[_Token] = []
         self._locks: dict[frozenset[_Grant], asyncio.Lock] = {}
         # Scopes a registry's challenge added to a request's own, remembered so the next
@@ -429,6 +435,8 @@ class RegistryAuth(httpx.Auth):
         if challenge.scheme == "bearer":
             challenge = self._checked_realm(challenge)
         self._challenge = challenge
+        if self._challenges is not None:
+            self._challenges[self.registry] = challenge
         return challenge
 
     def _checked_realm(self, challenge: Challenge) -> Challenge:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
 
 import httpx
 
 from . import mediatypes as mt
-from .auth import SCOPES, RegistryAuth
+from .auth import SCOPES, Challenge, RegistryAuth
 from .credentials import CredentialStore
 from .descriptor import MAX_MANIFEST_BYTES, Descriptor, Manifest, parse_manifest
 from .digest import compute_digest, verify_bytes
@@ -91,9 +92,16 @@ def _transport_stack(
     return RetryTransport(CountingTransport(transport, _stats_for), settings.retry)
 
 
+# The copy whose request is being sent; token requests made by the auth flow on its behalf
+# carry no extension of their own but run in the same task, so they count for it too.
+_CURRENT_STATS: ContextVar[RequestStats | None] = ContextVar("imagecopy_stats", default=None)
+
+
 def _stats_for(request: httpx.Request) -> RequestStats | None:
     stats = request.extensions.get(STATS)
-    return stats if isinstance(stats, RequestStats) else None
+    if isinstance(stats, RequestStats):
+        return stats
+    return _CURRENT_STATS.get()
 
 
 class RegistryPool:
@@ -116,6 +124,8 @@ class RegistryPool:
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,
         )
+        #: Auth challenges seen per registry (not secret), shared by every session.
+        self.challenges: dict[str, Challenge] = {}
 
     def session(self, credentials: CredentialStore | None = None) -> Session:
         return Session(self, credentials or CredentialStore.from_docker_config({}))
@@ -149,6 +159,7 @@ class Session:
                 token_client=self.pool.http,
                 scheme=settings.scheme(registry),
                 allow_insecure_realm=settings.is_insecure(registry),
+                challenges=self.pool.challenges,
             )
             self._auth[registry] = auth
         return auth
@@ -237,6 +248,7 @@ class Repository:
             params=params,
             extensions={SCOPES: scopes or self.scopes, STATS: self.session.stats},
         )
+        current = _CURRENT_STATS.set(self.session.stats)
         try:
             return await self._http.send(
                 request,
@@ -256,6 +268,8 @@ class Repository:
             raise RegistryUnreachable(
                 f"connection to {self.registry} failed: {_short(exc)}"
             ) from None
+        finally:
+            _CURRENT_STATS.reset(current)
 
     def _fail(
         self,
