@@ -92,20 +92,24 @@ class Binaries:
 
     @classmethod
     def find(cls) -> Binaries:
-        """Locate the binaries (TEST_ASSET_* > KUBEBUILDER_ASSETS > .tools/k8s/current).
+        """Locate the binaries: TEST_ASSET_<NAME> if set, else KUBEBUILDER_ASSETS/<name>, else
+        .tools/k8s/current/<name> (where build-control-plane.sh links them).
 
         Raises :class:`BinariesNotFound` naming what is missing and how to get it.
         """
-        assets = os.environ.get("KUBEBUILDER_ASSETS") or str(DEFAULT_ASSETS)
+        folders = [Path(p) for p in (os.environ.get("KUBEBUILDER_ASSETS"),) if p]
+        folders.append(DEFAULT_ASSETS)
         found: dict[str, Path] = {}
         missing: list[str] = []
         for name in ("etcd", "kube-apiserver", "kubectl"):
             override = os.environ.get("TEST_ASSET_" + name.upper().replace("-", "_"))
-            path = Path(override) if override else Path(assets) / name
-            if path.is_file() and os.access(path, os.X_OK):
-                found[name] = path.resolve()
+            candidates = [Path(override)] if override else [f / name for f in folders]
+            for path in candidates:
+                if path.is_file() and os.access(path, os.X_OK):
+                    found[name] = path.resolve()
+                    break
             else:
-                missing.append(str(path))
+                missing.append(" or ".join(map(str, candidates)))
         if missing:
             raise BinariesNotFound(
                 "control-plane binaries not found: "
@@ -123,8 +127,17 @@ _live: set[ControlPlane] = set()
 _live_lock = threading.Lock()
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: new session (own process group) and SIGKILL when the parent dies."""
+def _new_group() -> None:
+    """preexec_fn: run in a new session, i.e. a process group of its own."""
+    os.setsid()
+
+
+def _new_group_dying_with_parent() -> None:
+    """preexec_fn: a process group of its own, and SIGKILL when the parent dies.
+
+    Linux delivers PR_SET_PDEATHSIG when the *thread* that forked exits, so this is only used
+    when starting from the main thread (see ``ControlPlane._spawn``).
+    """
     os.setsid()
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -142,17 +155,33 @@ atexit.register(_stop_all)
 
 
 def _install_sigterm_handler() -> None:
-    """Turn SIGTERM into SystemExit so finalizers and atexit run (only if nobody handles it)."""
+    """Turn SIGTERM into KeyboardInterrupt so finalizers and atexit run (if nobody handles it)."""
     if threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return
 
     def _on_sigterm(signum: int, frame: object) -> None:
+        # pytest treats KeyboardInterrupt as "interrupted": it stops and runs the finalizers.
         _stop_all()
-        raise SystemExit(128 + signum)
+        raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+WORKDIR_PREFIX = "imagecopy-cp-"
+
+
+def reap_stale_workdirs() -> None:
+    """Remove work directories whose owning process is gone (e.g. it was SIGKILLed)."""
+    for owner_file in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*/owner.pid"):
+        try:
+            pid = int(owner_file.read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(owner_file.parent, ignore_errors=True)
+        except (OSError, ValueError):
+            continue
 
 
 def free_port() -> int:
@@ -216,7 +245,9 @@ class ControlPlane:
     def __init__(self, binaries: Binaries | None = None, *, keep_logs_on_failure: bool = True):
         self.binaries = binaries or Binaries.find()
         self.keep_logs_on_failure = keep_logs_on_failure
-        self.workdir = Path(tempfile.mkdtemp(prefix="imagecopy-cp-"))
+        reap_stale_workdirs()
+        self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+        (self.workdir / "owner.pid").write_text(str(os.getpid()))
         self.etcd_port = 0
         self.port = 0
         self.token = secrets.token_hex(24)
@@ -317,7 +348,11 @@ class ControlPlane:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
-                preexec_fn=_die_with_parent,
+                preexec_fn=(
+                    _new_group_dying_with_parent
+                    if threading.current_thread() is threading.main_thread()
+                    else _new_group
+                ),
             )
         self._procs[name] = proc
         return proc

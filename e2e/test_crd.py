@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.controlplane import REPO_ROOT, ControlPlane, KubectlError
+from e2e.controlplane import REPO_ROOT, ControlPlane, KubectlError, reap_stale_workdirs
 
 pytestmark = pytest.mark.e2e
 
@@ -374,7 +374,7 @@ def test_valid_source_references_are_accepted(
 
 
 @pytest.mark.parametrize(
-    "interval", ["30s", "10m", "1h30m", "1.5h", "500ms1s", "2h45m30.5s", "1000000us"]
+    "interval", ["30s", "10m", "1h30m", "1.5h", "500ms1s", "2h45m30.5s", "1000000us", "1500000µs"]
 )
 def test_valid_intervals_are_accepted(
     control_plane: ControlPlane, namespace: str, interval: str
@@ -629,12 +629,16 @@ def test_control_plane_dies_with_a_killed_owner(control_plane: ControlPlane) -> 
         while any(_alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not any(_alive(p) for p in pids), "control-plane processes survived their owner"
+        # the next control plane to start removes the work directory the dead owner left behind
+        reap_stale_workdirs()
+        assert not Path(line[2]).exists(), "stale work directory was not reaped"
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
 
 
+@pytest.mark.usefixtures("control_plane")  # skips like the rest when the binaries are absent
 def test_stop_terminates_processes_and_removes_workdir() -> None:
     """A second, independent control plane: stop() leaves no process and no directory behind."""
     cp = ControlPlane().start()

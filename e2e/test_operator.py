@@ -135,8 +135,15 @@ def test_a_moving_source_tag_is_followed_at_the_interval(
     icp.apply(
         "app", copy_spec(registry_v2.ref(src, "main"), registry_v2.ref(dst, "main"), interval="2s")
     )
-    obj = icp.wait_condition("app", reason="Copied")
-    assert obj["status"]["destinationDigest"] == first.digest
+    obj = icp.wait_for(
+        "app",
+        lambda o: (
+            o.get("status", {}).get("destinationDigest") == first.digest
+            and icp.condition(o, "Ready").get("status") == "True"
+        ),
+        60,
+        "Ready at the first digest",
+    )
     synced = obj["status"]["lastSyncTime"]
 
     # nothing moved: the next checks only refresh lastSyncTime
@@ -310,3 +317,53 @@ def test_a_secret_in_another_namespace_is_never_used(
         assert manifest_digest(reg, dst, "1") is None
     finally:
         control_plane.delete_namespace(other)
+
+
+def test_default_service_account_pull_secrets_are_used_without_secret_ref(
+    icp: ImageCopies, registry_v2_basic: RegistryServer, unique_repo: Any
+) -> None:
+    reg = registry_v2_basic
+    src, dst = unique_repo("dev/sa"), unique_repo("prod/sa")
+    image = push_image(reg, src, "1", layers=1)
+    icp.create_docker_secret("pull", reg.host, ADMIN_USER, ADMIN_PASSWORD)
+    # no controller-manager here: create the default ServiceAccount ourselves
+    icp.cp.kubectl("create", "serviceaccount", "default", "-n", icp.ns, check=False)
+    icp.cp.kubectl(
+        "patch",
+        "serviceaccount",
+        "default",
+        "-n",
+        icp.ns,
+        "--type=merge",
+        "-p",
+        '{"imagePullSecrets":[{"name":"missing"},{"name":"pull"}]}',
+    )
+    icp.apply("sa", copy_spec(reg.ref(src, "1"), reg.ref(dst, "1")))
+    icp.wait_condition("sa", reason="Copied")
+    assert manifest_digest(reg, dst, "1") == image.digest
+
+
+def test_a_failing_registry_keeps_reconciling_with_backoff_then_recovers(
+    icp: ImageCopies,
+    operator: OperatorProcess,
+    registry_v2: RegistryServer,
+    netproxy: Any,
+    unique_repo: Any,
+) -> None:
+    src, dst = unique_repo("dev/flaky"), unique_repo("prod/flaky")
+    image = push_image(registry_v2, src, "1", layers=1)
+    proxy = netproxy(registry_v2.host)
+    fault = proxy.add_fault(status=503, times=None)
+    icp.apply("flaky", copy_spec(f"{proxy.address}/{src}:1", registry_v2.ref(dst, "1")))
+    obj = icp.wait_condition(
+        "flaky", "Reconciling", reason="RegistryUnreachable", timeout=60, operator=operator
+    )
+    assert icp.condition(obj, "Ready")["status"] == "False"
+    assert icp.condition(obj, "Stalled")["status"] == "False"  # transient: not stalled
+    hits = fault.hits
+    time.sleep(4)
+    assert fault.hits > hits  # still trying, with backoff (not a hot loop: bounded below)
+    assert fault.hits - hits < 40
+    proxy.clear_faults()
+    icp.wait_condition("flaky", reason="Copied", timeout=60, operator=operator)
+    assert manifest_digest(registry_v2, dst, "1") == image.digest

@@ -7,16 +7,23 @@ token (TokenRequest, ``kubectl create token``), never the admin one, and copies 
 basic-auth registry whose credentials it must ``get`` from a Secret named by ``secretRef``.
 Then the Secret ``get`` rule is removed from the live ClusterRole: the same kind of copy fails
 with a condition naming the forbidden Secret, and heals once the rule is back.
+
+Two more releases cover the other shapes of the chart: ``watchNamespaces`` (a Role and
+RoleBinding per namespace; the operator runs ``--namespace``) and ``replicas: 2`` (Kopf peering:
+two operators share a ClusterKopfPeering, the lower priority one pauses).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +32,7 @@ import pytest
 import yaml
 
 from e2e.controlplane import ControlPlane
-from e2e.operator_harness import ImageCopies, OperatorProcess
+from e2e.operator_harness import IMAGECOPY_BIN, ImageCopies, OperatorProcess, free_port
 from tests.support.fixtures import *  # noqa: F403  (registry fixtures)
 from tests.support.fixtures import ADMIN_PASSWORD, ADMIN_USER
 from tests.support.images import MANIFEST_ACCEPT, push_image
@@ -36,6 +43,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "deploy" / "helm" / "imagecopy-operator"
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+PEERING_KINDS = ("ClusterKopfPeering", "KopfPeering")
 
 
 @dataclass(frozen=True)
@@ -70,53 +78,113 @@ def find_helm() -> str:
     return path
 
 
-def render_rbac(release_namespace: str, fullname: str) -> list[dict[str, Any]]:
-    argv = [
-        find_helm(),
-        "template",
-        "rbac-e2e",
-        str(CHART),
-        "--namespace",
-        release_namespace,
-        "--set",
-        f"fullnameOverride={fullname}",
-    ]
+def render(release_namespace: str, fullname: str, *sets: str) -> list[dict[str, Any]]:
+    """The chart's RBAC (and peering) objects, as ``helm template`` renders them."""
+    argv = [find_helm(), "template", "rbac-e2e", str(CHART), "--namespace", release_namespace]
+    for value in (f"fullnameOverride={fullname}", *sets):
+        argv += ["--set", value]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
-    return [d for d in yaml.safe_load_all(out) if d and d["kind"] in RBAC_KINDS]
+    kinds = RBAC_KINDS + PEERING_KINDS
+    return [d for d in yaml.safe_load_all(out) if d and d["kind"] in kinds]
+
+
+@contextlib.contextmanager
+def chart_release(cp: ControlPlane, *sets: str) -> Iterator[tuple[Release, list[dict[str, Any]]]]:
+    """Apply the chart's ServiceAccount, RBAC and peering objects in a namespace of their own;
+    delete the cluster-scoped ones afterwards."""
+    ns = cp.create_namespace(f"imagecopy-system-{secrets.token_hex(3)}")
+    fullname = f"imagecopy-rbac-{secrets.token_hex(3)}"  # ClusterRoles are cluster-wide
+    docs = render(ns, fullname, *sets)
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
+    kubeconfig = cp.service_account_kubeconfig(ns, sa, create=False)
+    try:
+        yield Release(ns, sa, fullname, kubeconfig), docs
+    finally:
+        for d in docs:
+            if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"):
+                cp.kubectl(
+                    "delete", d["kind"], d["metadata"]["name"], "--ignore-not-found", check=False
+                )
+        cp.delete_namespace(ns)
 
 
 @pytest.fixture(scope="module")
 def release(control_plane: ControlPlane) -> Iterator[Release]:
-    """The chart's ServiceAccount + RBAC, applied in an operator namespace of their own."""
-    ns = control_plane.create_namespace(f"imagecopy-system-{secrets.token_hex(3)}")
-    fullname = f"imagecopy-rbac-{secrets.token_hex(3)}"  # ClusterRoles are cluster-wide
-    docs = render_rbac(ns, fullname)
-    assert sorted(d["kind"] for d in docs) == [
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "ServiceAccount",
-    ]
-    control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
-    sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
-    kubeconfig = control_plane.service_account_kubeconfig(ns, sa, create=False)
-    try:
-        yield Release(ns, sa, fullname, kubeconfig)
-    finally:
-        control_plane.kubectl(
-            "delete", "clusterrolebinding,clusterrole", fullname, "--ignore-not-found", check=False
-        )
-        control_plane.delete_namespace(ns)
+    """The default release (all namespaces): ServiceAccount, ClusterRole, ClusterRoleBinding."""
+    with chart_release(control_plane) as (rel, docs):
+        kinds = sorted(d["kind"] for d in docs)
+        assert kinds == ["ClusterRole", "ClusterRoleBinding", "ServiceAccount"]
+        yield rel
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def operator(control_plane: ControlPlane, release: Release) -> Iterator[OperatorProcess]:
-    """The operator, authenticated as the chart's ServiceAccount (not as an admin)."""
+    """The operator, authenticated as the chart's ServiceAccount (not as an admin). One per
+    test, so no operator of another test serves the objects of the next."""
     proc = OperatorProcess(AsServiceAccount(release.kubeconfig)).start()
     try:
         yield proc
     finally:
         proc.stop()
         print(f"\noperator log: {proc.log_path}")
+
+
+class ChartOperator(OperatorProcess):
+    """The operator with the kopf options of a chart shape (the harness always runs ``-A
+    --standalone``), authenticated as the release's ServiceAccount."""
+
+    def __init__(self, kubeconfig: Path, kopf_args: Sequence[str]) -> None:
+        super().__init__(AsServiceAccount(kubeconfig))
+        self.kopf_args = tuple(kopf_args)
+
+    def start(self) -> ChartOperator:
+        self.metrics_port, self.liveness_port = free_port(), free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGECOPY_")}
+        env.update(self.extra_env)
+        env.update(
+            KUBECONFIG=str(self.control_plane.kubeconfig),
+            IMAGECOPY_METRICS_PORT=str(self.metrics_port),
+            PYTHONUNBUFFERED="1",
+        )
+        exe = (
+            [str(IMAGECOPY_BIN)] if IMAGECOPY_BIN.exists() else [sys.executable, "-m", "imagecopy"]
+        )
+        argv = [
+            *exe,
+            "operator",
+            "--verbose",
+            f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz",
+            *self.kopf_args,
+        ]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"=== starting operator: {' '.join(argv)}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+                start_new_session=True,
+            )
+        try:
+            self._wait_alive()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+
+def refused(operator: OperatorProcess, allowed: Sequence[str] = ()) -> list[str]:
+    """Log lines of the operator that show the API refusing it something."""
+    return [
+        line
+        for line in operator.logs().splitlines()
+        if ("forbidden" in line.lower() or " 403" in line) and not any(a in line for a in allowed)
+    ]
 
 
 def can_i(cp: ControlPlane, release: Release, verb: str, resource: str, namespace: str) -> bool:
@@ -219,7 +287,8 @@ def test_copy_with_secret_ref_reaches_ready_as_the_service_account(
     icp = ImageCopies(control_plane, namespace)
     copy_with_secret(icp, reg, "web", src, dst)
 
-    obj = icp.wait_condition("web", reason="Copied", timeout=90, operator=operator)
+    obj = icp.wait_condition("web", timeout=90, operator=operator)
+    assert icp.condition(obj, "Ready")["reason"] in ("Copied", "UpToDate")
     assert obj["status"]["destinationDigest"] == image.digest
     assert destination_digest(reg, dst, "1.0") == image.digest
     control_plane.kubectl(
@@ -228,12 +297,7 @@ def test_copy_with_secret_ref_reaches_ready_as_the_service_account(
     # Events were posted with the ServiceAccount's rights (create).
     assert ("Normal", "Copied") in {(e["type"], e["reason"]) for e in icp.events("web")}
     # Nothing the operator needs was refused along the way.
-    refused = [
-        line
-        for line in operator.logs().splitlines()
-        if "forbidden" in line.lower() or " 403" in line
-    ]
-    assert not refused, "\n".join(refused[:10])
+    assert not refused(operator), "\n".join(refused(operator)[:10])
 
 
 def test_without_secret_get_the_copy_fails_with_a_clear_reason(
@@ -271,6 +335,82 @@ def test_without_secret_get_the_copy_fails_with_a_clear_reason(
         set_secret_rule(control_plane, release, present=True)
 
     # The rule is what was missing: with it back, the same object heals (Stalled retry: 3s).
-    obj = icp.wait_condition("api", reason="Copied", timeout=90, operator=operator)
+    obj = icp.wait_condition("api", timeout=90, operator=operator)
+    assert icp.condition(obj, "Ready")["reason"] in ("Copied", "UpToDate")
     assert obj["status"]["destinationDigest"] == image.digest
     assert destination_digest(reg, dst, "1.0") == image.digest
+
+
+def test_namespaced_release_serves_only_its_namespaces(
+    control_plane: ControlPlane,
+    namespace: str,
+    registry_v2_basic: RegistryServer,
+    unique_repo: Any,
+) -> None:
+    cp, reg = control_plane, registry_v2_basic
+    other = cp.create_namespace()
+    try:
+        with chart_release(cp, f"watchNamespaces={{{namespace}}}") as (rel, docs):
+            roles = [d for d in docs if d["kind"] == "Role"]
+            assert [r["metadata"]["namespace"] for r in roles] == [namespace]
+            assert can_i(cp, rel, "get", "secrets", namespace)
+            assert not can_i(cp, rel, "get", "secrets", other)
+            assert not can_i(cp, rel, "list", "imagecopies.imagecopy.dev", other)
+            assert can_i(cp, rel, "watch", "customresourcedefinitions.apiextensions.k8s.io", other)
+
+            src = unique_repo("dev/ns")
+            image = push_image(reg, src, "1.0", layers=1)
+            outside = ImageCopies(cp, other)
+            copy_with_secret(outside, reg, "outside", src, unique_repo("prod/outside"))
+            icp = ImageCopies(cp, namespace)
+            copy_with_secret(icp, reg, "inside", src, unique_repo("prod/inside"))
+
+            operator = ChartOperator(rel.kubeconfig, [f"--namespace={namespace}", "--standalone"])
+            with operator:
+                obj = icp.wait_condition("inside", timeout=90, operator=operator)
+                assert obj["status"]["destinationDigest"] == image.digest
+                # Kopf cannot list namespaces (by design) and says so once; nothing else refused.
+                assert not refused(operator, allowed=("namespaces",)), refused(operator)
+                assert f"[{namespace}/inside]" in operator.logs()
+                assert f"[{other}/outside]" not in operator.logs()
+            assert not outside.get("outside").get("status", {}).get("conditions")
+    finally:
+        cp.delete_namespace(other)
+
+
+def test_peering_release_lets_two_replicas_share_the_work(
+    control_plane: ControlPlane,
+    namespace: str,
+    registry_v2_basic: RegistryServer,
+    unique_repo: Any,
+) -> None:
+    cp, reg = control_plane, registry_v2_basic
+    cp.apply_crds([CHART / "crds" / "kopf-peering.yaml"])
+    peering = f"imagecopy-{secrets.token_hex(3)}"
+    with chart_release(cp, "replicas=2", f"peering.name={peering}") as (rel, docs):
+        assert [d["metadata"]["name"] for d in docs if d["kind"] == "ClusterKopfPeering"] == [
+            peering
+        ]
+        args = [f"--peering={peering}", "--all-namespaces"]
+        low = ChartOperator(rel.kubeconfig, [*args, "--priority=100"])
+        high = ChartOperator(rel.kubeconfig, [*args, "--priority=200"])
+        with high, low:
+            deadline = time.monotonic() + 60
+            while "Pausing operations in favour of" not in low.logs():
+                assert time.monotonic() < deadline, low.log_tail()
+                time.sleep(0.5)
+            status = json.loads(
+                cp.kubectl("get", "clusterkopfpeering", peering, "-o", "json").stdout
+            ).get("status", {})
+            assert sorted(p["priority"] for p in status.values()) == [100, 200]
+
+            src, dst = unique_repo("dev/ha"), unique_repo("prod/ha")
+            image = push_image(reg, src, "1.0", layers=1)
+            icp = ImageCopies(cp, namespace)
+            copy_with_secret(icp, reg, "ha", src, dst)
+            obj = icp.wait_condition("ha", timeout=90, operator=high)
+            assert obj["status"]["destinationDigest"] == image.digest
+            assert f"[{namespace}/ha]" in high.logs()
+            assert f"[{namespace}/ha]" not in low.logs()  # paused: no double work
+            for proc in (high, low):
+                assert not refused(proc), refused(proc)

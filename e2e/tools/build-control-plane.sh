@@ -75,7 +75,8 @@ heartbeat() {
   local label="$1"
   shift
   (
-    while sleep 30; do log "  ... still $label ($(elapsed) so far)"; done
+    # ends by itself if the script is killed ($$ is the script, even in subshells)
+    while sleep 30 && kill -0 $$ 2>/dev/null; do log "  ... still $label ($(elapsed) so far)"; done
   ) &
   local beat=$! rc=0
   "$@" || rc=$?

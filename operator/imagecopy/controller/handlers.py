@@ -38,6 +38,10 @@ def _post_event(ref: ObjectRef, type_: str, reason: str, message: str) -> None:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     config = Settings.from_env()
+    # One structured line per copy is the log; per-request lines would drown it (--debug
+    # still shows kopf's own detail).
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -87,13 +91,17 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
-def created(memo: Any, namespace: str | None, name: str, uid: str, **_: Any) -> None:
-    memo.service.request(ObjectRef(namespace or "", name, uid))
+def created(
+    memo: Any, namespace: str | None, name: str, uid: str, meta: kopf.Meta, **_: Any
+) -> None:
+    memo.service.request(ObjectRef(namespace or "", name, uid), meta.get("generation"))
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def spec_changed(memo: Any, namespace: str | None, name: str, uid: str, **_: Any) -> None:
-    memo.service.request(ObjectRef(namespace or "", name, uid))
+def spec_changed(
+    memo: Any, namespace: str | None, name: str, uid: str, meta: kopf.Meta, **_: Any
+) -> None:
+    memo.service.request(ObjectRef(namespace or "", name, uid), meta.get("generation"))
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, id="reconcile", cancellation_timeout=5.0, backoff=5.0)

@@ -108,6 +108,8 @@ class _ObjectState:
     #: The status as this process last wrote it (the watch may lag behind).
     status: dict[str, Any] | None = None
     failures: int = 0
+    #: The generation of the last reconcile started (-1: none yet).
+    started_generation: int = -1
     last_failure: tuple[str, str] | None = None
     true_conditions: frozenset[str] = frozenset()
 
@@ -138,9 +140,16 @@ class ImageCopyService:
 
     # -- the per-object loop -----------------------------------------------------------------
 
-    def request(self, ref: ObjectRef) -> None:
-        """Reconcile ``ref`` now (a spec change, a new object, a resumed one)."""
-        self._state(ref).wake.set()
+    def request(self, ref: ObjectRef, generation: int | None = None) -> None:
+        """Reconcile ``ref`` now (a new object, a spec change).
+
+        A request for a generation the worker already started on is dropped: the create
+        handler and the worker's own first look must not make two copies of one spec.
+        """
+        state = self._state(ref)
+        if generation is not None and generation <= state.started_generation:
+            return
+        state.wake.set()
 
     async def run(
         self, ref: ObjectRef, body: Mapping[str, Any], stopped: Awaitable[Any], logger: Logger
@@ -208,6 +217,7 @@ class ImageCopyService:
         (None: wait for a change)."""
         state = self._state(ref)
         generation = _generation(body)
+        state.started_generation = max(state.started_generation, generation)
         status: dict[str, Any] = (
             state.status if state.status is not None else dict(body.get("status") or {})
         )
