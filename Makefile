@@ -5,6 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TOOLS := $(CURDIR)/.tools
 export PATH := $(TOOLS)/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+# Under make, a missing registry/peer/control-plane binary is a failure, never a silent skip.
+export IMAGECOPY_REQUIRE_TOOLS := 1
+export IMAGECOPY_REQUIRE_E2E := 1
 
 .PHONY: test venv tools controlplane lint typecheck unit integration e2e demo bench clean
 
@@ -32,7 +35,7 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-unit: venv
+unit: venv tools
 	$(PY) -m pytest -q tests/unit
 
 integration: venv tools

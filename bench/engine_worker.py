@@ -57,6 +57,9 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+OPTIONS: dict[str, Any] = {}
+
+
 async def _one(copier: Copier, cmd: dict[str, Any]) -> dict[str, Any]:
     run_copier = copier
     if cmd.get("fresh_locations"):
@@ -73,7 +76,7 @@ async def _one(copier: Copier, cmd: dict[str, Any]) -> dict[str, Any]:
         profiler = Profiler(interval=0.0005, async_mode="disabled")
         profiler.start()
     t0, c0 = time.perf_counter(), _cpu_s()
-    report = await run_copier.copy(src, dst, CopyOptions())
+    report = await run_copier.copy(src, dst, CopyOptions(**OPTIONS))
     wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
     if profiler is not None:
         profiler.stop()
@@ -125,7 +128,17 @@ async def serve(plain_http: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--plain-http", action="append", default=[])
+    ap.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=INT",
+        help="a CopyOptions field for experiments, e.g. mount_concurrency=16",
+    )
     args = ap.parse_args()
+    for item in args.option:
+        key, _, value = item.partition("=")
+        OPTIONS[key] = int(value)
     asyncio.run(serve(args.plain_http))
 
 

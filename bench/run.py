@@ -146,10 +146,12 @@ class Proxy:
 class EngineWorker:
     """bench/engine_worker.py: one long-lived Python process running Copier.copy."""
 
-    def __init__(self, plain_http: list[str]) -> None:
+    def __init__(self, plain_http: list[str], options: list[str]) -> None:
         argv = [PY, str(BENCH / "engine_worker.py")]
         for h in plain_http:
             argv += ["--plain-http", h]
+        for o in options:
+            argv += ["--option", o]
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
         )
@@ -599,7 +601,9 @@ class Bench:
                 t.prepare(sc.hosts)
         # host without port: TransportSettings matches it for every port (fresh registries)
         plain = sorted({h.rsplit(":", 1)[0] for h in sc.hosts}) if sc.fresh_dst else sc.hosts
-        engine = EngineWorker(plain) if "imagecopy-engine" in self.tools else None
+        engine = (
+            EngineWorker(plain, args.engine_option) if "imagecopy-engine" in self.tools else None
+        )
         runs: dict[str, list[Run]] = {t.name: [] for t in tools}
         errors: dict[str, str] = {}
         counter = iter(range(1_000_000))
@@ -915,6 +919,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="do not try to build regctl when it is missing",
     )
     ap.add_argument("--out", default=str(BENCH), help="where results.* and wall_time.png go")
+    ap.add_argument(
+        "--engine-option",
+        action="append",
+        default=[],
+        metavar="KEY=INT",
+        help="CopyOptions field for the engine row (experiments), e.g. mount_concurrency=16",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.runs, args.profile = 2, False
@@ -946,6 +957,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "runs": args.runs,
         "warmup": args.warmup,
+        "engine_options": args.engine_option,
         "rtt_method": (
             "rtts = longest chain of strictly sequential requests seen at the proxy "
             "(each starts after the previous response ended); wall_in_rtts = "

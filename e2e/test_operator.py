@@ -8,6 +8,7 @@ isolated by namespace and repository names. The registries speak plain HTTP on l
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -254,8 +255,8 @@ def test_missing_secret_stalls_then_heals_when_the_secret_appears(
     assert manifest_digest(reg, dst, "1") == image.digest
 
 
-def test_wrong_credentials_are_unauthorized(
-    icp: ImageCopies, registry_v2_basic: RegistryServer, unique_repo: Any
+def test_wrong_credentials_are_unauthorized_and_never_logged(
+    icp: ImageCopies, operator: OperatorProcess, registry_v2_basic: RegistryServer, unique_repo: Any
 ) -> None:
     reg = registry_v2_basic
     src, dst = unique_repo("dev/wrong"), unique_repo("prod/wrong")
@@ -266,6 +267,10 @@ def test_wrong_credentials_are_unauthorized(
     icp.apply("wrong", spec)
     obj = icp.wait_condition("wrong", "Stalled", reason="Unauthorized")
     assert "not-the-password" not in str(obj["status"])
+    assert "not-the-password" not in operator.logs()
+    basic = base64.b64encode(f"{ADMIN_USER}:not-the-password".encode()).decode()
+    assert basic not in operator.logs()
+    assert ADMIN_PASSWORD not in operator.logs()
 
 
 def test_missing_source_is_source_not_found(

@@ -225,3 +225,50 @@ async def test_run_wakes_on_request_and_stops_on_signal() -> None:
     assert body["status"]["observedGeneration"] == 2
     stop.set_result(None)
     await asyncio.wait_for(task, 2)
+
+
+async def test_a_create_request_for_a_generation_already_started_is_dropped() -> None:
+    service, copier, _writer, _events, body = make()
+    copier.results = [report()]
+    await service.reconcile(REF, body, LOG)
+    service.request(REF, 1)  # the create handler, arriving after the worker's first look
+    assert not service._state(REF).wake.is_set()
+    service.request(REF, 2)  # a spec change
+    assert service._state(REF).wake.is_set()
+
+
+async def test_copies_across_objects_are_bounded_by_max_concurrent_copies() -> None:
+    service, _copier, _writer, _events, _body = make(max_concurrent_copies=2)
+    running = 0
+    peak = 0
+    release = asyncio.Event()
+
+    class SlowCopier:
+        async def copy(self, *args: Any) -> CopyReport:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await release.wait()
+            running -= 1
+            return report()
+
+    service.copier = cast(Copier, SlowCopier())
+    bodies = [
+        {
+            "metadata": {"generation": 1},
+            "spec": {
+                "source": {"image": "reg.example/dev/web:1"},
+                "destination": {"image": f"reg.example/prod/web{i}:1"},
+            },
+        }
+        for i in range(5)
+    ]
+    tasks = [
+        asyncio.create_task(service.reconcile(ObjectRef("ns", f"o{i}", f"u{i}"), b, LOG))
+        for i, b in enumerate(bodies)
+    ]
+    await asyncio.sleep(0.05)
+    assert peak == 2
+    release.set()
+    await asyncio.gather(*tasks)
+    assert peak == 2

@@ -127,6 +127,8 @@ def test_settings_from_env() -> None:
     assert s.registry_allowed("registry.example.com:5000")
     assert s.registry_allowed("127.0.0.1:5000")
     assert not s.registry_allowed("registry-1.docker.io")
+    hub = Settings.from_env({"IMAGECOPY_ALLOWED_REGISTRIES": "docker.io"})
+    assert hub.registry_allowed("registry-1.docker.io")  # how references normalise Docker Hub
     assert s.insecure_registries == frozenset({"127.0.0.1", "registry.local:5000"})
     assert s.blocked_networks == ("10.0.0.0/8",)
     assert s.default_interval == 600

@@ -2,9 +2,13 @@
 
 Thin on purpose: process-wide clients are built at start-up and kept in ``memo``; every
 object gets one daemon that runs the service's reconcile loop; creation and spec updates only
-wake that loop. Resuming (operator start) needs no handler: the daemon starts for every
-existing object and looks at once when the object is not settled, else at its next interval. Status is written by the service through the ``/status``
+wake that loop. Resuming (operator start) needs no handler of its own: the daemon starts for
+every existing object and looks at once when the object is not settled, else at its next
+interval (with jitter). Status is written by the service through the ``/status``
 subresource, which never triggers the update handler (it watches ``spec`` only).
+
+Kopf keeps its bookkeeping in annotations (``imagecopy.dev/…``), not in ``status``: the CRD
+schema would prune ``status.kopf``, and the status belongs to the API contract.
 """
 
 from __future__ import annotations

@@ -157,6 +157,9 @@ class ImageCopyService:
         """Reconcile ``ref`` until ``stopped`` resolves. ``body`` is a live view."""
         state = self._state(ref)
         stop = asyncio.ensure_future(stopped)
+        if state.status is None:
+            state.true_conditions = _true_conditions(body.get("status"))
+            self._update_object_gauge()
         try:
             delay = self.first_delay(body)
             while await self._sleep(state, delay, stop):
@@ -358,11 +361,7 @@ class ImageCopyService:
             logger.debug("object is gone; status not written")
             return
         state.status = apply_patch(base, patch)
-        state.true_conditions = frozenset(
-            str(c.get("type"))
-            for c in state.status.get("conditions") or ()
-            if isinstance(c, Mapping) and c.get("status") == "True"
-        )
+        state.true_conditions = _true_conditions(state.status)
         self._update_object_gauge()
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -375,6 +374,14 @@ class ImageCopyService:
 
     def _update_object_gauge(self) -> None:
         self.metrics.set_objects(s.true_conditions for s in self._objects.values())
+
+
+def _true_conditions(status: Mapping[str, Any] | None) -> frozenset[str]:
+    return frozenset(
+        str(c.get("type"))
+        for c in (status or {}).get("conditions") or ()
+        if isinstance(c, Mapping) and c.get("status") == "True"
+    )
 
 
 def _generation(body: Mapping[str, Any]) -> int:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..oci.netguard import DEFAULT_BLOCKED_NETWORKS
+from ..oci.reference import DOCKER_HUB_ALIASES
 
 __all__ = ["Settings", "SettingsError", "format_duration", "parse_duration"]
 
@@ -152,8 +153,11 @@ class Settings:
     def registry_allowed(self, registry: str) -> bool:
         """Whether ``registry`` (``host[:port]``, normalised) matches an allowed glob."""
         host = registry.lower()
-        bare = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        names = {host, host.rsplit(":", 1)[0] if not host.endswith("]") else host}
+        if host in DOCKER_HUB_ALIASES:
+            names |= DOCKER_HUB_ALIASES  # "docker.io" in the list allows Docker Hub
         return any(
-            fnmatch.fnmatchcase(host, pattern.lower()) or fnmatch.fnmatchcase(bare, pattern.lower())
+            fnmatch.fnmatchcase(name, pattern.lower())
             for pattern in self.allowed_registries
+            for name in names
         )
