@@ -80,7 +80,7 @@ async def _one(copier: Copier, cmd: dict[str, Any]) -> dict[str, Any]:
     wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
     if profiler is not None:
         profiler.stop()
-        out = Path(profile)
+        out = Path(str(profile))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".txt").write_text(
             profiler.output_text(unicode=False, color=False, show_all=True)

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -257,6 +258,9 @@ def _first_line(argv: list[str], env: dict[str, str] | None = None) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     text = (out.stdout or out.stderr).strip()
+    m = re.search(r"v?\d+\.\d+\.\d+\S*", text)
+    if m:
+        return m.group(0)
     return text.splitlines()[0].strip() if text else "unknown"
 
 
@@ -468,6 +472,7 @@ class Bench:
                 name,
                 20,
                 {
+                    "layers": len(sizes) - 4,
                     "platforms": 4,
                     "layers_per_platform": 8,
                     "blobs": len(sizes),
@@ -678,6 +683,7 @@ class Bench:
                 "median": round(statistics.median(walls), 4),
                 "max": round(max(walls), 4),
             }
+            entry["wall_s_runs"] = [round(w, 4) for w in walls]
             entry["requests"] = int(statistics.median([r.requests for r in rs]))
             entry["blob_bytes_moved"] = int(statistics.median([r.blob_bytes for r in rs]))
             entry["peak_rss_bytes"] = max(r.rss for r in rs)
@@ -688,7 +694,7 @@ class Bench:
                 rtts = [r.rtts for r in rs if r.rtts is not None]
                 entry["rtts"] = int(statistics.median(rtts)) if rtts else None
                 entry["wall_in_rtts"] = round(statistics.median(walls) / (sc.rtt_ms / 1000), 1)
-                entry["connections"] = int(statistics.median([r.connections or 0 for r in rs]))
+                entry["new_connections"] = int(statistics.median([r.connections or 0 for r in rs]))
             else:
                 entry["throughput_mib_s"] = round(
                     sc.image["bytes"] / statistics.median(walls) / MiB, 1
@@ -963,6 +969,14 @@ def main(argv: list[str] | None = None) -> int:
             "(each starts after the previous response ended); wall_in_rtts = "
             "median wall / RTT"
         ),
+        "methods": {
+            "wall": "CLI rows: spawn to reap of the tool process; imagecopy-engine: the await "
+            "of Copier.copy in a warm worker process",
+            "requests_and_bytes": "delayed scenarios: bench/netproxy.py request log; "
+            "cross-registry: both registries' access logs (blob GET bytes + committed blob sizes)",
+            "peak_rss": "GNU time %M of the tool process; engine: VmHWM of the worker process",
+            "cpu": "user+system seconds of the tool process; engine: getrusage delta per copy",
+        },
         "scenarios": [],
     }
     with bench_session(args) as b:
@@ -980,6 +994,7 @@ def main(argv: list[str] | None = None) -> int:
             data["scenarios"].append(b.scenario(sc))
             log(f"{name}: done in {time.monotonic() - t0:.0f} s")
     data["elapsed_s"] = round(time.monotonic() - started, 1)
+    data["load_avg_end"] = round(os.getloadavg()[0], 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(data, indent=2) + "\n")

@@ -221,6 +221,9 @@ class ImageCopyService:
         state = self._state(ref)
         generation = _generation(body)
         state.started_generation = max(state.started_generation, generation)
+        # This look reads the live body: a wake-up requested before it (e.g. the create
+        # handler racing the daemon's first look) is covered and must not cause a second one.
+        state.wake.clear()
         status: dict[str, Any] = (
             state.status if state.status is not None else dict(body.get("status") or {})
         )
