@@ -9,7 +9,9 @@
    ``kubectl get imagecopies -o wide`` (MOUNTED and SAVED).
 5. Apply a second ImageCopy from registry A to registry B: every layer must be uploaded, so
    MOUNTED is 0 and SAVED is 0 B. Print the table again.
-6. Tear everything down (also on Ctrl-C or failure).
+6. Apply a third from registry A to another repository on registry B: the operator-wide
+   blob-location index knows B's ``dr/web`` holds every blob, so they are all mounted.
+7. Tear everything down (also on Ctrl-C or failure).
 """
 
 from __future__ import annotations
@@ -103,7 +105,29 @@ def main() -> int:
             timeout=130,
         )
         print(cp.kubectl("get", "imagecopies", "-n", NAMESPACE, "-o", "wide").stdout)
-        for obj_name in (name, "web-to-dr"):
+
+        say(
+            "a third ImageCopy, A -> another repository on B: the operator remembers that "
+            "B's dr/web holds these blobs and mounts them from there"
+        )
+        icp.apply(
+            "web-to-backup",
+            {
+                "source": {"image": f"{reg_a.host}/dev/web:1.4.2"},
+                "destination": {"image": f"{reg_b.host}/backup/web:1.4.2"},
+            },
+        )
+        cp.kubectl(
+            "wait",
+            "--for=condition=Ready",
+            "imagecopy/web-to-backup",
+            "-n",
+            NAMESPACE,
+            "--timeout=120s",
+            timeout=130,
+        )
+        print(cp.kubectl("get", "imagecopies", "-n", NAMESPACE, "-o", "wide").stdout)
+        for obj_name in (name, "web-to-dr", "web-to-backup"):
             status = icp.get(obj_name)["status"]
             blobs = status["lastCopy"]["blobs"]
             print(
