@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -111,7 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _copy_command(args)
 
 
+def _skip_httpx_cli() -> None:
+    """httpx imports its own command-line client (click, rich, pygments: about 0.1 s of start-up)
+    whenever those happen to be installed; we never use it, so let that import fail softly."""
+    if "httpx" not in sys.modules:
+        sys.modules.setdefault("httpx._main", types.ModuleType("httpx._main"))
+
+
 def _copy_command(args: argparse.Namespace) -> int:
+    _skip_httpx_cli()
     from .copy.options import CopyOptions, TagPolicy
     from .oci.credentials import CredentialStore
     from .oci.errors import ImageCopyError, InvalidReference, InvalidSpec
