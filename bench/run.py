@@ -890,7 +890,7 @@ def write_plot(data: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{sc['name']}\n({net})", fontsize=10)
         ax.set_ylabel("wall time, s (median, min-max)")
         for x, m in enumerate(med):
-            ax.text(x, m, f"{m:.2f}", ha="center", va="bottom", fontsize=7)
+            ax.text(x, 0, f"{m:.2f}", ha="center", va="bottom", fontsize=7, color="white")
     fig.suptitle(f"imagecopy vs peers — {data['date'][:10]}", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

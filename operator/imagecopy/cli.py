@@ -197,6 +197,7 @@ async def _run_copy(
         plain_http=frozenset(args.plain_http),
         insecure=frozenset(args.insecure),
         ca_file=args.ca_file,
+        max_connections=max(16, 2 * args.concurrency),
     )
     async with RegistryPool(settings) as pool:
         return await Copier(pool).copy(source, destination, options, credentials)

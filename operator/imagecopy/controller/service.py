@@ -86,6 +86,8 @@ def transport_settings(settings: Settings) -> TransportSettings:
         plain_http=settings.insecure_registries,
         insecure=settings.insecure_registries,
         blocked_networks=settings.blocked_networks,
+        # Every running copy may stream `blob_concurrency` blobs, each a GET and a PUT.
+        max_connections=max(16, 2 * settings.blob_concurrency * settings.max_concurrent_copies),
     )
 
 

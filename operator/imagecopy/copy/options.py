@@ -46,7 +46,7 @@ class CopyOptions:
     mount_from: tuple[str, ...] = ()
     #: Concurrent blob uploads (streams). Mounts are cheap and run wider.
     concurrency: int = 8
-    mount_concurrency: int = 64
+    mount_concurrency: int = 16
     #: Plan the copy with the same counts; write nothing.
     dry_run: bool = False
     #: Upload chunk size for the chunked (PATCH) fallback and stream reads.

@@ -65,7 +65,9 @@ class TransportSettings:
     blocked_networks: tuple[str, ...] = ()
     timeout: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    max_connections: int = 100
+    #: Small on purpose: httpcore scans every pooled connection on each request, so a big
+    #: pool costs CPU per request; 16 covers 8 parallel GET→PUT streams.
+    max_connections: int = 16
     http2: bool = False
 
     def scheme(self, registry: str) -> str:
