@@ -9,7 +9,7 @@ distribution API for one repository: manifests, blobs, upload sessions, mounts, 
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -34,6 +34,7 @@ from .errors import (
     Unauthorized,
 )
 from .netguard import NetworkGuardTransport, parse_networks
+from .pool import PoolTransport
 from .reference import Reference
 from .transport import STATS, CountingTransport, RequestStats, RetryPolicy, RetryTransport
 
@@ -78,20 +79,22 @@ class TransportSettings:
 
 
 def _transport_stack(
-    settings: TransportSettings, verify: ssl.SSLContext | bool
+    settings: TransportSettings, ssl_context: Callable[[], ssl.SSLContext]
 ) -> httpx.AsyncBaseTransport:
-    limits = httpx.Limits(
-        max_connections=settings.max_connections,
-        max_keepalive_connections=settings.max_connections,
-        keepalive_expiry=60,
-    )
-    transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(
-        verify=verify, limits=limits, http2=settings.http2
+    transport: httpx.AsyncBaseTransport = PoolTransport(
+        ssl_context, max_connections=settings.max_connections, http2=settings.http2
     )
     blocked = parse_networks(settings.blocked_networks)
     if blocked:
         transport = NetworkGuardTransport(transport, blocked)
     return RetryTransport(CountingTransport(transport, _stats_for), settings.retry)
+
+
+def _unverified_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 # The copy whose request is being sent; token requests made by the auth flow on its behalf
@@ -111,16 +114,21 @@ class RegistryPool:
 
     def __init__(self, settings: TransportSettings | None = None) -> None:
         self.settings = settings or TransportSettings()
-        verify: ssl.SSLContext | bool = True
-        if self.settings.ca_file:
-            verify = ssl.create_default_context(cafile=self.settings.ca_file)
+        ca_file = self.settings.ca_file
+
+        def verified_context() -> ssl.SSLContext:
+            context = httpx.create_ssl_context()  # the system/certifi trust store
+            if ca_file:
+                context.load_verify_locations(cafile=ca_file)
+            return context
+
         mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
         if self.settings.insecure:
-            insecure = _transport_stack(self.settings, False)
+            insecure = _transport_stack(self.settings, _unverified_context)
             for host in sorted(self.settings.insecure):
                 mounts[f"all://{host}"] = insecure
         self.http = httpx.AsyncClient(
-            transport=_transport_stack(self.settings, verify),
+            transport=_transport_stack(self.settings, verified_context),
             mounts=mounts,
             timeout=httpx.Timeout(self.settings.timeout, connect=min(10.0, self.settings.timeout)),
             headers={"User-Agent": USER_AGENT},
@@ -471,34 +479,33 @@ class Repository:
         offset = 0
         buffer = bytearray()
 
-        async def flush(loc: str) -> str:
-            nonlocal offset, buffer
-            end = offset + len(buffer) - 1
+        async def flush(loc: str, piece: bytes) -> str:
+            nonlocal offset
             response = await self._send(
                 "PATCH",
                 loc,
                 headers={
                     "Content-Type": "application/octet-stream",
-                    "Content-Range": f"{offset}-{end}",
-                    "Content-Length": str(len(buffer)),
+                    "Content-Range": f"{offset}-{offset + len(piece) - 1}",
+                    "Content-Length": str(len(piece)),
                 },
-                content=bytes(buffer),
+                content=piece,
             )
             await response.aread()
             if response.status_code != 202 or not response.headers.get("Location"):
                 raise self._fail(
                     response, f"chunk upload of blob {desc.digest}", rejected=PushRejected
                 )
-            offset += len(buffer)
-            buffer = bytearray()
+            offset += len(piece)
             return self._location(response)
 
         async for chunk in body:
             buffer.extend(chunk)
-            if len(buffer) >= chunk_size:
-                location = await flush(location)
+            while len(buffer) >= chunk_size:  # chunks never exceed chunk_size
+                location = await flush(location, bytes(buffer[:chunk_size]))
+                del buffer[:chunk_size]
         if buffer:
-            location = await flush(location)
+            location = await flush(location, bytes(buffer))
         url = httpx.URL(location).copy_merge_params({"digest": desc.digest})
         response = await self._send("PUT", url, headers={"Content-Length": "0"})
         await response.aread()
