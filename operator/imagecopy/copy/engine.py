@@ -17,10 +17,10 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..oci import mediatypes as mt
 from ..oci.client import ManifestInfo, MountResult, RegistryPool, referrers_tag
@@ -123,6 +123,8 @@ class _CopyRun:
         self.transfer_slots = asyncio.Semaphore(max(1, options.concurrency))
         self.mount_slots = asyncio.Semaphore(max(1, options.mount_concurrency))
         self.blob_tasks: dict[str, asyncio.Task[None]] = {}
+        self.child_tasks: dict[str, asyncio.Task[None]] = {}
+        self._group: asyncio.TaskGroup | None = None
         self.nodes: dict[str, _Node] = {}
         self.blobs: dict[str, Descriptor] = {}
 
@@ -208,22 +210,24 @@ class _CopyRun:
                 self._set_destination(info.digest)
             return
 
-        await self._walk(root)
-        if self.options.referrers and not self.same_repository:
-            await self._gather_referrers(root, filtered=root.digest != self.report.source_digest)
-
+        filtered = root.digest != self.report.source_digest
         if self.options.dry_run:
+            await self._walk(root)
+            if self.options.referrers and not self.same_repository:
+                await self._gather_referrers(root, filtered)
             await self._plan(root)
             return
 
-        manifest_presence = asyncio.create_task(self._children_present(root))
-        try:
-            await self._transfer_blobs()
-        except BaseException:
-            manifest_presence.cancel()
-            raise
-        present = await manifest_presence
-        await self._push_manifests(root, present, push_tags)
+        self.nodes[root.digest] = _Node(root, 0)
+        if not self.same_repository:  # a retag: every blob and child is already there
+            await self._in_group(self._complete(root))
+        # The root: by its first tag (or digest), then the other tags, same bytes.
+        await self.dst_repo.put_manifest(tags[0] if (tags := push_tags) else root.digest, root)
+        self.report.manifests_copied += 1
+        for tag in push_tags[1:]:
+            await self.dst_repo.put_manifest(tag, root)
+        if self.options.referrers and not self.same_repository:
+            await self._copy_referrers(root, filtered)
         self._remember_locations()
         self.report.outcome = Outcome.COPIED
         self.report.tags = push_tags
@@ -344,17 +348,83 @@ class _CopyRun:
                 break
             subjects = next_subjects
 
-    # -- blobs ------------------------------------------------------------------------------
+    # -- pipelined graph copy ---------------------------------------------------------------
 
-    async def _transfer_blobs(self) -> None:
-        if self.same_repository:
-            return  # a retag: every blob is already there
+    async def _in_group(self, *work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` in one task group: blob and child tasks started inside share it, so the
+        first failure cancels the rest and is reported (a permanent error over a transient)."""
         try:
             async with asyncio.TaskGroup() as group:
-                for desc in self.blobs.values():
-                    group.create_task(self._copy_blob(desc))
+                self._group = group
+                for item in work:
+                    group.create_task(item)
         except BaseExceptionGroup as failures:
             raise _first_failure(failures) from None
+        finally:
+            self._group = None
+
+    def _task(
+        self, tasks: dict[str, asyncio.Task[None]], key: str, work: Coroutine[Any, Any, None]
+    ) -> asyncio.Task[None]:
+        task = tasks.get(key)
+        if task is None:
+            assert self._group is not None
+            task = self._group.create_task(work)
+            tasks[key] = task
+        else:
+            work.close()
+        return task
+
+    async def _complete(self, manifest: Manifest) -> None:
+        """Make every blob and child manifest that `manifest` names present at the
+        destination. Each child is pushed as soon as its own content is there, so children
+        and blobs of different platforms overlap instead of moving in lock-step waves."""
+        waits: list[asyncio.Task[None]] = []
+        for blob in manifest.blobs:
+            if blob.foreign:
+                continue  # non-distributable: it lives at its urls
+            self.blobs.setdefault(blob.digest, blob)
+            waits.append(self._task(self.blob_tasks, blob.digest, self._copy_blob(blob)))
+        for child in manifest.manifests:
+            waits.append(self._task(self.child_tasks, child.digest, self._copy_child(child)))
+        if waits:
+            await asyncio.gather(*waits)
+
+    async def _copy_child(self, desc: Descriptor) -> None:
+        present = asyncio.ensure_future(self.dst_repo.head_manifest(desc.digest))
+        try:
+            node = self.nodes.get(desc.digest)
+            if node is None:
+                manifest = await self._fetch_child(desc)
+                assert manifest is not None
+                node = self.nodes.setdefault(desc.digest, _Node(manifest, 1))
+            await self._complete(node.manifest)
+            there = await present
+        finally:
+            present.cancel()
+        if there is not None:
+            self.report.manifests_existing += 1
+            return
+        await self.dst_repo.put_manifest(desc.digest, node.manifest)
+        self.report.manifests_copied += 1
+
+    async def _copy_referrers(self, root: Manifest, filtered: bool) -> None:
+        known = set(self.nodes)
+        await self._gather_referrers(root, filtered)
+        referrers = [
+            n for d, n in self.nodes.items() if d not in known and n.referrer_of is not None
+        ]
+        if not referrers:
+            return
+        await self._in_group(*(self._complete(n.manifest) for n in referrers))
+        found = await asyncio.gather(
+            *(self.dst_repo.head_manifest(n.manifest.digest) for n in referrers)
+        )
+        present = {n.manifest.digest for n, info in zip(referrers, found, strict=True) if info}
+        self.report.manifests_existing += len(present)
+        await self._push_referrers(referrers, present)
+
+    # -- blobs ------------------------------------------------------------------------------
 
     def _count(self, desc: Descriptor, outcome: BlobOutcome) -> None:
         r = self.report
@@ -493,29 +563,6 @@ class _CopyRun:
         digests = [d for d in self.nodes if d != root.digest]
         results = await asyncio.gather(*(self.dst_repo.head_manifest(d) for d in digests))
         return {d for d, info in zip(digests, results, strict=True) if info is not None}
-
-    async def _push_manifests(self, root: Manifest, present: set[str], tags: list[str]) -> None:
-        others = [n for d, n in self.nodes.items() if d != root.digest]
-        self.report.manifests_existing += len([n for n in others if n.manifest.digest in present])
-        # Referrers go after their subjects; everything else deepest first.
-        plain = [n for n in others if n.referrer_of is None and n.manifest.digest not in present]
-        for depth in sorted({n.depth for n in plain}, reverse=True):
-            level = [n for n in plain if n.depth == depth]
-            await asyncio.gather(*(self._push(n.manifest, n.manifest.digest) for n in level))
-
-        # The root: by its first tag (or digest), then the other tags, same bytes.
-        first = tags[0] if tags else root.digest
-        await self.dst_repo.put_manifest(first, root)
-        self.report.manifests_copied += 1
-        for tag in tags[1:]:
-            await self.dst_repo.put_manifest(tag, root)
-
-        referrers = [n for n in others if n.referrer_of is not None]
-        await self._push_referrers(referrers, present)
-
-    async def _push(self, manifest: Manifest, reference: str) -> None:
-        await self.dst_repo.put_manifest(reference, manifest)
-        self.report.manifests_copied += 1
 
     async def _push_referrers(self, referrers: list[_Node], present: set[str]) -> None:
         if not referrers:
