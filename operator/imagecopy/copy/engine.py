@@ -1,13 +1,14 @@
 """The copy engine: resolve, walk the manifest graph, link or move blobs, push manifests.
 
 Order of work (API.md §2):
-1. HEAD the source and every destination tag at once. If every tag already points at the
-   source digest the copy is a no-op.
-2. Fetch the manifest graph (children in parallel), filter platforms, gather referrers.
-3. Transfer each distinct blob once: mount-first on one registry (one POST, no HEAD),
-   HEAD + mount candidates + streaming upload across registries. Every streamed byte is
-   digest-verified before the last byte is released to the destination.
-4. Push child manifests by digest, deepest first; the root by tag last; then extra tags.
+1. HEAD every destination tag. If one is missing the source manifest is fetched straight away;
+   if all exist, one HEAD of the source decides whether the copy is a no-op (two requests).
+2. Filter platforms, apply the tag policy (every tag is checked before anything is written).
+3. Walk the graph, pipelined: each child manifest is fetched, its blobs transferred once each
+   (mount-first on one registry: one POST, no HEAD; HEAD + mount candidates + streaming upload
+   across registries) and the child pushed by digest as soon as its own content is there.
+   Every streamed byte is digest-verified before the last byte reaches the destination.
+4. Push the root by tag last, then the extra tags; then referrers after their subjects.
 A manifest is never pushed before every blob and child it names is at the destination.
 """
 
