@@ -58,11 +58,13 @@ class OperatorProcess:
         env: Mapping[str, str] | None = None,
         *,
         args: tuple[str, ...] = (),
+        kopf_options: tuple[str, ...] = ("--standalone", "--all-namespaces"),
         log_path: Path | None = None,
     ) -> None:
         self.control_plane = control_plane
         self.extra_env = {**TEST_ENV, **(env or {})}
         self.args = args
+        self.kopf_options = kopf_options
         self.log_path = log_path or Path(tempfile.mkdtemp(prefix="imagecopy-op-")) / "operator.log"
         self.metrics_port = 0
         self.liveness_port = 0
@@ -94,8 +96,7 @@ class OperatorProcess:
             str(IMAGECOPY_BIN) if IMAGECOPY_BIN.exists() else sys.executable,
             *([] if IMAGECOPY_BIN.exists() else ["-m", "imagecopy"]),
             "operator",
-            "--standalone",
-            "--all-namespaces",
+            *self.kopf_options,
             "--verbose",
             f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz",
             *self.args,
@@ -113,7 +114,11 @@ class OperatorProcess:
                 cwd=REPO_ROOT,
                 preexec_fn=_die_with_parent,
             )
-        self._wait_alive()
+        try:
+            self._wait_alive()
+        except BaseException:
+            self.kill()
+            raise
         return self
 
     def _wait_alive(self) -> None:

@@ -21,7 +21,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import pytest
 import yaml
 
 from e2e.controlplane import ControlPlane
-from e2e.operator_harness import IMAGECOPY_BIN, ImageCopies, OperatorProcess, free_port
+from e2e.operator_harness import ImageCopies, OperatorProcess
 from tests.support.fixtures import *  # noqa: F403  (registry fixtures)
 from tests.support.fixtures import ADMIN_PASSWORD, ADMIN_USER
 from tests.support.images import MANIFEST_ACCEPT, push_image
@@ -132,51 +131,11 @@ def operator(control_plane: ControlPlane, release: Release) -> Iterator[Operator
 
 
 class ChartOperator(OperatorProcess):
-    """The operator with the kopf options of a chart shape (the harness always runs ``-A
-    --standalone``), authenticated as the release's ServiceAccount."""
+    """The operator with the kopf options of a chart shape, authenticated as the release's
+    ServiceAccount."""
 
     def __init__(self, kubeconfig: Path, kopf_args: Sequence[str]) -> None:
-        super().__init__(AsServiceAccount(kubeconfig))
-        self.kopf_args = tuple(kopf_args)
-
-    def start(self) -> ChartOperator:
-        self.metrics_port, self.liveness_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGECOPY_")}
-        env.update(self.extra_env)
-        env.update(
-            KUBECONFIG=str(self.control_plane.kubeconfig),
-            IMAGECOPY_METRICS_PORT=str(self.metrics_port),
-            PYTHONUNBUFFERED="1",
-        )
-        exe = (
-            [str(IMAGECOPY_BIN)] if IMAGECOPY_BIN.exists() else [sys.executable, "-m", "imagecopy"]
-        )
-        argv = [
-            *exe,
-            "operator",
-            "--verbose",
-            f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz",
-            *self.kopf_args,
-        ]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"=== starting operator: {' '.join(argv)}\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=REPO,
-                start_new_session=True,
-            )
-        try:
-            self._wait_alive()
-        except BaseException:
-            self.kill()
-            raise
-        return self
+        super().__init__(AsServiceAccount(kubeconfig), kopf_options=tuple(kopf_args))
 
 
 def refused(operator: OperatorProcess, allowed: Sequence[str] = ()) -> list[str]:

@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 from . import __version__
 
 if TYPE_CHECKING:
-    from .copy.options import BlobOutcome
+    from .copy.options import BlobOutcome, CopyOptions
     from .copy.report import CopyReport
+    from .oci.credentials import CredentialStore
     from .oci.descriptor import Descriptor
+    from .oci.reference import Reference
 
 __all__ = ["main"]
 
@@ -144,6 +146,7 @@ def _copy_command(args: argparse.Namespace) -> int:
         print(f"imagecopy: {exc.label}: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
+    renderer = None if args.quiet else _Renderer(sys.stderr, json_mode=args.json)
     options = CopyOptions(
         platforms=platforms,
         referrers=args.referrers,
@@ -153,11 +156,8 @@ def _copy_command(args: argparse.Namespace) -> int:
         mount_from=tuple(args.mount_from),
         concurrency=args.concurrency,
         dry_run=args.dry_run,
+        progress=renderer,
     )
-    renderer: _Renderer | None = None
-    if not args.quiet:
-        renderer = _Renderer(sys.stderr, json_mode=args.json)
-        options = _with_progress(options, renderer)
     try:
         report = asyncio.run(
             _run_copy(source, destination, options, credentials, args), debug=False
@@ -181,14 +181,12 @@ def _copy_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _with_progress(options: Any, renderer: _Renderer) -> Any:
-    from dataclasses import replace
-
-    return replace(options, progress=renderer)
-
-
 async def _run_copy(
-    source: Any, destination: Any, options: Any, credentials: Any, args: argparse.Namespace
+    source: Reference,
+    destination: Reference,
+    options: CopyOptions,
+    credentials: CredentialStore,
+    args: argparse.Namespace,
 ) -> CopyReport:
     from .copy.engine import Copier
     from .oci.client import RegistryPool, TransportSettings

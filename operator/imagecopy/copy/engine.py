@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -70,12 +70,10 @@ class Copier:
 
 @dataclass
 class _Node:
-    """A manifest in the graph with its depth (root = 0) for push ordering."""
+    """A manifest of the graph; `referrer_of` is the subject digest when it is a referrer."""
 
     manifest: Manifest
-    depth: int
     referrer_of: str | None = None
-    children: list[str] = field(default_factory=list)
 
 
 def _destination_reference(source: Reference, destination: Reference) -> Reference:
@@ -213,13 +211,13 @@ class _CopyRun:
 
         filtered = root.digest != self.report.source_digest
         if self.options.dry_run:
-            await self._walk(root)
+            await self._add_node(root)
             if self.options.referrers and not self.same_repository:
                 await self._gather_referrers(root, filtered)
             await self._plan(root)
             return
 
-        self.nodes[root.digest] = _Node(root, 0)
+        self.nodes[root.digest] = _Node(root)
         if not self.same_repository:  # a retag: every blob and child is already there
             await self._in_group(self._complete(root))
         # The root: by its first tag (or digest), then the other tags, same bytes.
@@ -282,40 +280,19 @@ class _CopyRun:
 
     # -- graph ------------------------------------------------------------------------------
 
-    async def _walk(self, root: Manifest, referrer_of: str | None = None, depth: int = 0) -> None:
-        await self._add_node(root, depth, referrer_of)
-
-    async def _add_node(self, manifest: Manifest, depth: int, referrer_of: str | None) -> None:
-        existing = self.nodes.get(manifest.digest)
-        if existing is not None:
-            existing.depth = max(existing.depth, depth)
+    async def _add_node(self, manifest: Manifest, referrer_of: str | None = None) -> None:
+        """Record `manifest`, its blobs and (fetched in parallel) its children; no writes.
+        Used by dry runs and to discover referrer graphs."""
+        if manifest.digest in self.nodes:
             return
-        node = _Node(manifest, depth, referrer_of)
-        self.nodes[manifest.digest] = node
+        self.nodes[manifest.digest] = _Node(manifest, referrer_of)
         for blob in manifest.blobs:
             if blob.foreign:
                 continue  # non-distributable: it lives at its urls
             self.blobs.setdefault(blob.digest, blob)
         children = [d for d in manifest.manifests if d.digest not in self.nodes]
-        node.children = [d.digest for d in manifest.manifests]
         fetched = await asyncio.gather(*(self._fetch_child(d) for d in children))
-        await asyncio.gather(
-            *(self._add_node(child, depth + 1, None) for child in fetched if child is not None)
-        )
-        # A shared child reached through a deeper path must be pushed before all parents.
-        for digest in node.children:
-            child_node = self.nodes.get(digest)
-            if child_node is not None and child_node.depth <= depth:
-                self._deepen(digest, depth + 1)
-
-    def _deepen(self, digest: str, depth: int) -> None:
-        node = self.nodes[digest]
-        if node.depth >= depth:
-            return
-        node.depth = depth
-        for child in node.children:
-            if child in self.nodes:
-                self._deepen(child, depth + 1)
+        await asyncio.gather(*(self._add_node(child) for child in fetched if child is not None))
 
     async def _fetch_child(self, desc: Descriptor) -> Manifest | None:
         manifest = await self.src_repo.get_manifest(desc.digest, expected_digest=desc.digest)
@@ -341,7 +318,7 @@ class _CopyRun:
                     if manifest is None:
                         continue
                     before = set(self.nodes)
-                    await self._add_node(manifest, 0, subject)
+                    await self._add_node(manifest, subject)
                     self.report.referrers += 1
                     next_subjects.append(desc.digest)
                     seen.update(set(self.nodes) - before)
@@ -398,7 +375,7 @@ class _CopyRun:
             if node is None:
                 manifest = await self._fetch_child(desc)
                 assert manifest is not None
-                node = self.nodes.setdefault(desc.digest, _Node(manifest, 1))
+                node = self.nodes.setdefault(desc.digest, _Node(manifest))
             await self._complete(node.manifest)
             there = await present
         finally:

@@ -49,7 +49,7 @@ class CopyOptions:
     mount_concurrency: int = 16
     #: Plan the copy with the same counts; write nothing.
     dry_run: bool = False
-    #: Upload chunk size for the chunked (PATCH) fallback and stream reads.
+    #: Largest PATCH body of the chunked-upload fallback.
     chunk_size: int = 8 * 1024 * 1024
     #: Attempts per blob transfer on transient failures (the stream cannot be replayed by
     #: the transport, so the engine retries the whole blob).

@@ -36,7 +36,14 @@ from .errors import (
 from .netguard import NetworkGuardTransport, parse_networks
 from .pool import PoolTransport
 from .reference import Reference
-from .transport import STATS, CountingTransport, RequestStats, RetryPolicy, RetryTransport
+from .transport import (
+    STATS,
+    CountingTransport,
+    RequestStats,
+    RetryPolicy,
+    RetryTransport,
+    stats_for,
+)
 
 __all__ = [
     "ManifestInfo",
@@ -103,10 +110,8 @@ _CURRENT_STATS: ContextVar[RequestStats | None] = ContextVar("imagecopy_stats", 
 
 
 def _stats_for(request: httpx.Request) -> RequestStats | None:
-    stats = request.extensions.get(STATS)
-    if isinstance(stats, RequestStats):
-        return stats
-    return _CURRENT_STATS.get()
+    stats = stats_for(request)
+    return stats if stats is not None else _CURRENT_STATS.get()
 
 
 class RegistryPool:

@@ -141,8 +141,6 @@ def parse_manifest(
         raise UnsupportedMediaType(f"{where} is not a JSON object")
     declared = obj.get("mediaType")
     kind = declared if isinstance(declared, str) and declared else (media_type or "")
-    if kind and media_type and mt.is_schema1(media_type) and not declared:
-        kind = media_type
     schema_version = obj.get("schemaVersion")
     if mt.is_schema1(kind) or schema_version == 1:
         raise UnsupportedMediaType(
