@@ -1,11 +1,16 @@
 """The error tree of the registry client and the copy engine.
 
-Every error knows the condition reason it maps to (API.md §1) and whether retrying later,
-without a change of spec or credentials, can help (`transient`). Messages are one readable
-sentence and never carry a credential.
+Errors carry facts, not verdicts: a ``RegistryError`` says which registry answered, to which
+operation, on which side of the copy, with which HTTP status and which registry error code
+(parsed from the OCI error body). What a failure *means* for an ``ImageCopy`` — its
+condition reason, and whether it is retried soon or only after a change — is decided in one
+table in ``imagecopy.controller.failures`` (docs/reference.md §3). Messages are one
+readable sentence and never carry a credential.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 __all__ = [
     "DigestMismatch",
@@ -22,7 +27,7 @@ __all__ = [
     "RegistryUnreachable",
     "SecretInvalid",
     "SecretNotFound",
-    "SourceNotFound",
+    "Side",
     "TLSError",
     "TagConflict",
     "Unauthorized",
@@ -30,14 +35,18 @@ __all__ = [
 ]
 
 
+class Side(StrEnum):
+    """Which end of a copy a registry request was for."""
+
+    SOURCE = "source"
+    DESTINATION = "destination"
+
+
 class ImageCopyError(Exception):
     """Base of every error imagecopy raises on purpose."""
 
-    reason: str = "InternalError"
     #: A short lower-case label for CLI output: "<label>: <message>".
     label: str = "internal error"
-    #: True when the same request may succeed later without any change.
-    transient: bool = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -48,98 +57,141 @@ class ImageCopyError(Exception):
 
 
 class InvalidReference(ImageCopyError):
-    reason = "InvalidSpec"
     label = "invalid reference"
 
 
 class InvalidSpec(ImageCopyError):
-    reason = "InvalidSpec"
     label = "invalid input"
 
 
 class SecretNotFound(ImageCopyError):
-    reason = "SecretNotFound"
     label = "secret not found"
 
 
 class SecretInvalid(ImageCopyError):
-    reason = "SecretInvalid"
     label = "secret invalid"
 
 
 class RegistryNotAllowed(ImageCopyError):
-    reason = "RegistryNotAllowed"
     label = "registry not allowed"
 
 
-class RegistryError(ImageCopyError):
-    """An answer (or the lack of one) from a registry."""
-
-    reason = "InternalError"
-    label = "registry error"
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class Unauthorized(RegistryError):
-    reason = "Unauthorized"
-    label = "unauthorized"
-
-
-class Forbidden(RegistryError):
-    reason = "Forbidden"
-    label = "forbidden"
-
-
-class NotFound(RegistryError):
-    reason = "SourceNotFound"
-    label = "not found"
-
-
-class SourceNotFound(NotFound):
-    reason = "SourceNotFound"
-    label = "source not found"
-
-
-class RegistryUnreachable(RegistryError):
-    reason = "RegistryUnreachable"
-    label = "registry unreachable"
-    transient = True
-
-
-class TLSError(RegistryError):
-    reason = "TLSError"
-    label = "TLS error"
-
-
-class RateLimited(RegistryError):
-    reason = "RateLimited"
-    label = "rate limited"
-    transient = True
-
-
-class PushRejected(RegistryError):
-    reason = "PushRejected"
-    label = "push rejected"
-
-
 class TagConflict(ImageCopyError):
-    reason = "TagConflict"
     label = "tag conflict"
 
 
+class RegistryError(ImageCopyError):
+    """An answer (or the lack of one) from a registry, with the protocol facts."""
+
+    label = "registry error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        operation: str | None = None,
+        side: Side | None = None,
+        registry: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        #: The HTTP status, when an answer came back.
+        self.status = status
+        #: The first registry error code of the OCI error body (``MANIFEST_UNKNOWN``,
+        #: ``DENIED``, ``TOOMANYREQUESTS``...), upper-case.
+        self.code = code
+        #: What was being done: ``get manifest``, ``mount blob``, ``upload blob``...
+        self.operation = operation
+        self.side = side
+        self.registry = registry
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same request may succeed later (the protocol's view: no answer,
+        408, 429 or a 5xx)."""
+        return self.status is None or self.status in (408, 429) or self.status >= 500
+
+
+class Unauthorized(RegistryError):
+    label = "unauthorized"
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+class Forbidden(RegistryError):
+    label = "forbidden"
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+class NotFound(RegistryError):
+    label = "not found"
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+class RegistryUnreachable(RegistryError):
+    """No usable answer: connect error, timeout, reset, 408 or a 5xx."""
+
+    label = "registry unreachable"
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class TLSError(RegistryError):
+    label = "TLS error"
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+class RateLimited(RegistryError):
+    label = "rate limited"
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class PushRejected(RegistryError):
+    """The destination refused a write (a 4xx to a PUT, POST or PATCH)."""
+
+    label = "push rejected"
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
 class DigestMismatch(RegistryError):
-    reason = "DigestMismatch"
     label = "digest mismatch"
+
+    @property
+    def retryable(self) -> bool:
+        return False
 
 
 class UnsupportedMediaType(RegistryError):
-    reason = "UnsupportedMediaType"
     label = "unsupported media type"
+
+    @property
+    def retryable(self) -> bool:
+        return False
 
 
 class ManifestTooLarge(RegistryError):
-    reason = "ManifestTooLarge"
     label = "manifest too large"
+
+    @property
+    def retryable(self) -> bool:
+        return False

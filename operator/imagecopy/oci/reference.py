@@ -1,14 +1,16 @@
-"""Image references, digests and platforms: parsing, normalisation and token scopes.
+"""Names: registries, repositories, image references, digests, platforms and token scopes.
 
 This module owns the grammar of ``[registry/]repository[:tag][@digest]`` (the distribution
 reference grammar, with Docker Hub normalisation), digest syntax (OCI image-spec) and the
-``os/arch[/variant]`` platform form. It is pure: no I/O, no clock, no network.
+``os/arch[/variant]`` platform form. A ``Registry`` (host and port) is parsed once here; a
+``Repository`` builds every token scope string. Nobody else splits ``host[:port]`` or
+formats ``repository:<name>:<actions>``. It is pure: no I/O, no clock, no network.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,6 +21,8 @@ __all__ = [
     "DOCKER_HUB_ALIASES",
     "Platform",
     "Reference",
+    "Registry",
+    "Repository",
     "normalize_registry",
     "parse_digest",
     "parse_platform",
@@ -98,6 +102,10 @@ def normalize_registry(host: str) -> str:
     Raises ``InvalidReference`` when the text is not a host name, IPv4/IPv6 address with an
     optional port.
     """
+    return str(Registry.parse(host))
+
+
+def _split_registry(host: str) -> tuple[str, int | None]:
     if not host:
         raise InvalidReference("the registry name is empty")
     if host.startswith("["):
@@ -118,15 +126,115 @@ def normalize_registry(host: str) -> str:
         raise InvalidReference(f"the registry {_quote(host)} has an invalid port")
     name = name.lower()
     if port is None and name in DOCKER_HUB_ALIASES:
-        return DOCKER_HUB
-    return name if port is None else f"{name}:{port}"
+        return DOCKER_HUB, None
+    return name, int(port) if port is not None else None
+
+
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+@dataclass(frozen=True, order=True)
+class Registry:
+    """A registry host: ``host`` lower-case (an IPv6 literal keeps its brackets), ``port``
+    only when one was written. Docker Hub aliases fold to ``registry-1.docker.io``."""
+
+    host: str
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Registry:
+        """Parse ``host[:port]``; raises ``InvalidReference`` with one sentence."""
+        host, port = _split_registry(text)
+        return cls(host, port)
+
+    def __str__(self) -> str:
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+    @property
+    def hostname(self) -> str:
+        """The host without brackets, as a socket or URL parser reports it."""
+        return self.host.strip("[]")
+
+    def port_for(self, scheme: str) -> int:
+        """The TCP port spoken to under ``scheme`` (``http``/``https`` defaults)."""
+        return self.port if self.port is not None else _DEFAULT_PORTS[scheme]
+
+    def listed_in(self, hosts: Iterable[str]) -> bool:
+        """Whether a settings list of ``host`` or ``host:port`` entries names this registry:
+        an entry without a port covers every port of that host."""
+        names = {str(self), self.host}
+        for entry in hosts:
+            try:
+                listed = Registry.parse(entry.strip())
+            except InvalidReference:
+                continue
+            if str(listed) in names and (listed.port is None or listed.port == self.port):
+                return True
+        return False
+
+    def origin(self, scheme: str) -> str:
+        """``scheme://host[:port]``: the base every registry URL starts with."""
+        return f"{scheme}://{self}"
+
+    def address(self, scheme: str) -> tuple[str, int]:
+        """``(hostname, port)`` the registry is reached at under ``scheme``: what a URL to
+        it carries, so a request can be told to be for this registry or another host."""
+        return self.hostname, self.port_for(scheme)
+
+    def repository(self, path: str) -> Repository:
+        """The repository ``path`` on this registry, validated."""
+        return Repository(self, _validate_repository(path, path))
+
+
+@dataclass(frozen=True, order=True)
+class Repository:
+    """A repository on a registry; builds the token scopes that name it."""
+
+    registry: Registry
+    path: str
+
+    @classmethod
+    def parse(cls, registry: Registry | str, path: str) -> Repository:
+        """``path`` on ``registry``, validated like the repository of a reference."""
+        reg = registry if isinstance(registry, Registry) else Registry.parse(registry)
+        return reg.repository(path)
+
+    def scope(self, *actions: str) -> str:
+        """The token scope ``repository:<path>:<actions>``; actions default to ``pull``."""
+        return f"repository:{self.path}:{','.join(actions or ('pull',))}"
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.path}"
+
+
+def _validate_repository(repository: str, text: str) -> str:
+    if not repository:
+        raise InvalidReference(f"the image reference {_quote(text)} has no repository name")
+    if len(repository) > _NAME_MAX:
+        raise InvalidReference(
+            f"the repository name {_quote(repository)} is {len(repository)} characters long; "
+            f"the limit is {_NAME_MAX}"
+        )
+    for component in repository.split("/"):
+        if not component:
+            raise InvalidReference(
+                f"the repository {_quote(repository)} has an empty path component"
+            )
+        if not _PATH_COMPONENT.fullmatch(component):
+            if component.lower() != component and _PATH_COMPONENT.fullmatch(component.lower()):
+                raise InvalidReference(f"the repository {_quote(repository)} must be lower-case")
+            raise InvalidReference(
+                f"the repository path component {_quote(component)} in {_quote(text)} is "
+                "invalid; use lower-case letters and digits separated by '.', '_', '__' or '-'"
+            )
+    return repository
 
 
 @dataclass(frozen=True)
 class Reference:
-    """A parsed image reference; ``registry`` is normalised (see ``normalize_registry``)."""
+    """A parsed image reference; ``registry`` is normalised (see ``Registry.parse``)."""
 
-    registry: str
+    registry: Registry
     repository: str
     tag: str | None = None
     digest: str | None = None
@@ -170,29 +278,14 @@ class Reference:
 
         first, slash, rest = remainder.partition("/")
         if slash and ("." in first or ":" in first or first == "localhost"):
-            registry = normalize_registry(first)
+            registry = Registry.parse(first)
             repository = rest
         else:
-            registry = DOCKER_HUB
+            registry = Registry(DOCKER_HUB)
             repository = remainder
 
-        if not repository:
-            raise InvalidReference(f"the image reference {_quote(text)} has no repository name")
-        for component in repository.split("/"):
-            if not component:
-                raise InvalidReference(
-                    f"the repository {_quote(repository)} has an empty path component"
-                )
-            if not _PATH_COMPONENT.fullmatch(component):
-                if component.lower() != component and _PATH_COMPONENT.fullmatch(component.lower()):
-                    raise InvalidReference(
-                        f"the repository {_quote(repository)} must be lower-case"
-                    )
-                raise InvalidReference(
-                    f"the repository path component {_quote(component)} in {_quote(text)} is "
-                    "invalid; use lower-case letters and digits separated by '.', '_', '__' or '-'"
-                )
-        if registry == DOCKER_HUB and "/" not in repository:
+        _validate_repository(repository, text)
+        if registry.host == DOCKER_HUB and "/" not in repository:
             repository = f"library/{repository}"
 
         if tag is None and digest is None:
@@ -228,9 +321,14 @@ class Reference:
         """The same repository at ``digest`` (no tag)."""
         return replace(self, tag=None, digest=parse_digest(digest))
 
+    @property
+    def repo(self) -> Repository:
+        """The repository this reference names."""
+        return Repository(self.registry, self.repository)
+
     def scope(self, *actions: str) -> str:
         """The token scope ``repository:<repo>:<actions>``; actions default to ``pull``."""
-        return f"repository:{self.repository}:{','.join(actions or ('pull',))}"
+        return self.repo.scope(*actions)
 
     def same_repository(self, other: Reference) -> bool:
         return self.registry == other.registry and self.repository == other.repository
