@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 from . import __version__
 
 if TYPE_CHECKING:
-    from .copy.options import BlobOutcome, CopyOptions
+    from .copy.options import CopyOptions
     from .copy.report import CopyReport
+    from .oci.blobs import BlobOutcome
     from .oci.credentials import CredentialStore
     from .oci.descriptor import Descriptor
     from .oci.reference import Reference
@@ -135,9 +136,9 @@ def _copy_command(args: argparse.Namespace) -> int:
         if args.concurrency < 1:
             raise InvalidSpec("--concurrency must be at least 1")
         for tag in args.additional_tag:
-            Reference.parse(f"{destination.registry}/{destination.repository}:{tag}")
+            destination.with_tag(tag)
         for repo in args.mount_from:
-            Reference.parse(f"{destination.registry}/{repo}:x")
+            destination.registry.repository(repo)
         credentials = CredentialStore.load(args.docker_config)
     except (InvalidReference, InvalidSpec) as exc:
         print(f"imagecopy: {exc.label}: {exc}", file=sys.stderr)
@@ -189,7 +190,7 @@ async def _run_copy(
     args: argparse.Namespace,
 ) -> CopyReport:
     from .copy.engine import Copier
-    from .oci.client import RegistryPool, TransportSettings
+    from .oci.pool import RegistryPool, TransportSettings
 
     settings = TransportSettings(
         plain_http=frozenset(args.plain_http),

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 
+from ..oci.reference import Registry
+
 __all__ = ["BlobLocations"]
 
 
@@ -16,9 +18,9 @@ class BlobLocations:
     def __init__(self, max_blobs: int = 100_000, max_repositories_per_blob: int = 8) -> None:
         self._max_blobs = max_blobs
         self._max_repos = max_repositories_per_blob
-        self._index: OrderedDict[tuple[str, str], OrderedDict[str, None]] = OrderedDict()
+        self._index: OrderedDict[tuple[Registry, str], OrderedDict[str, None]] = OrderedDict()
 
-    def add(self, registry: str, digest: str, repository: str) -> None:
+    def add(self, registry: Registry, digest: str, repository: str) -> None:
         key = (registry, digest)
         repos = self._index.get(key)
         if repos is None:
@@ -33,12 +35,12 @@ class BlobLocations:
         while len(self._index) > self._max_blobs:
             self._index.popitem(last=False)
 
-    def add_many(self, registry: str, digests: Iterable[str], repository: str) -> None:
+    def add_many(self, registry: Registry, digests: Iterable[str], repository: str) -> None:
         for digest in digests:
             self.add(registry, digest, repository)
 
     def candidates(
-        self, registry: str, digest: str, exclude: Iterable[str] = (), limit: int = 3
+        self, registry: Registry, digest: str, exclude: Iterable[str] = (), limit: int = 3
     ) -> list[str]:
         """Repositories on `registry` seen holding `digest`, newest first."""
         repos = self._index.get((registry, digest))

@@ -1,4 +1,4 @@
-"""Copy options: every policy of a copy, with documented defaults."""
+"""Copy options: every policy of a copy, with documented defaults (docs/reference.md §4)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from ..oci.blobs import BlobOutcome
 from ..oci.descriptor import Descriptor
 from ..oci.reference import Platform
 
@@ -16,12 +17,6 @@ class TagPolicy(StrEnum):
     OVERWRITE = "Overwrite"  # move the destination tag
     IF_NOT_PRESENT = "IfNotPresent"  # leave an existing tag alone
     IMMUTABLE = "Immutable"  # refuse to move a tag that points elsewhere
-
-
-class BlobOutcome(StrEnum):
-    MOUNTED = "mounted"
-    UPLOADED = "uploaded"
-    EXISTING = "existing"
 
 
 class ProgressListener(Protocol):
@@ -51,7 +46,7 @@ class CopyOptions:
     dry_run: bool = False
     #: Largest PATCH body of the chunked-upload fallback.
     chunk_size: int = 8 * 1024 * 1024
-    #: Attempts per blob transfer on transient failures (the stream cannot be replayed by
-    #: the transport, so the engine retries the whole blob).
+    #: Transfers per blob on transient failures (the stream cannot be replayed by the
+    #: transport, so the whole transfer is retried, paid from the copy's retry budget).
     blob_attempts: int = 3
     progress: ProgressListener | None = None

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from ..oci.blobs import BlobOutcome
+
 __all__ = ["CopyReport", "Outcome", "human_bytes"]
 
 
@@ -51,6 +53,18 @@ class CopyReport:
     tags: list[str] = field(default_factory=list)
     start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
 
+    def count_blob(self, size: int, outcome: BlobOutcome) -> None:
+        """Count one blob made present at the destination."""
+        if outcome is BlobOutcome.MOUNTED:
+            self.blobs_mounted += 1
+            self.bytes_mounted += size
+        elif outcome is BlobOutcome.UPLOADED:
+            self.blobs_uploaded += 1
+            self.bytes_uploaded += size
+        else:
+            self.blobs_existing += 1
+            self.bytes_existing += size
+
     @property
     def blobs_total(self) -> int:
         return self.blobs_mounted + self.blobs_uploaded + self.blobs_existing
@@ -63,10 +77,6 @@ class CopyReport:
     def bytes_saved(self) -> int:
         """Bytes that crossed no network: mounted plus already there."""
         return self.bytes_mounted + self.bytes_existing
-
-    @property
-    def moved_anything(self) -> bool:
-        return self.outcome is Outcome.COPIED
 
     def summary(self) -> str:
         """One human sentence, used as the Ready message and the CLI's last line."""
@@ -106,7 +116,7 @@ class CopyReport:
         }
 
     def to_json(self) -> dict[str, Any]:
-        """The CLI's `--json` object (API.md §3)."""
+        """The CLI's `--json` object (docs/reference.md §6)."""
         last = self.last_copy()
         return {
             "source": self.source,

@@ -1,183 +1,210 @@
-"""httpcore's connection pool as an httpx transport, tuned for registry traffic.
+"""The process-wide registry pool and the per-copy session.
 
-Why not `httpx.AsyncHTTPTransport`: profiling same-registry copies (bench/README.md) showed
-about 40% of the client's CPU in the pool asking each idle connection "is the socket
-readable?" through anyio's extra-attribute machinery (a dict rebuilt per call), and blob
-streams paying one event-loop round and one h11 event per 64 KiB read. This module keeps
-httpcore (pooling, HTTP/1.1 and HTTP/2, TLS) and only changes the network backend: the
-liveness check uses the socket cached at connect time, and reads ask for up to 1 MiB. The
-verified TLS context is built on first use, so plain-HTTP runs never load a CA bundle.
+`RegistryPool` owns what outlives one copy: the HTTP connection pool, the transport stack
+(retries, request counting, network guard, TLS per host), and the auth caches (challenges
+per registry, bearer tokens per registry *and credential*). A `Session` binds one copy's
+credentials, request counter and retry budget to the pool and hands out
+`RepositoryClient`s (``oci.repository``).
 """
 
 from __future__ import annotations
 
-import select
-import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
 
-import httpcore
 import httpx
 
-__all__ = ["READ_BYTES", "PoolTransport"]
+from .auth import ChallengeCache, RegistryAuth, TokenCache
+from .connections import PoolTransport
+from .credentials import CredentialStore
+from .errors import Side
+from .netguard import NetworkGuardTransport, parse_networks
+from .reference import Reference, Registry
+from .repository import RepositoryClient
+from .retry import RetryBudget, RetryPolicy
+from .transport import CountingTransport, RequestStats, RetryTransport, budget_for, stats_for
 
-#: Bytes asked of the socket per read (httpcore asks for 64 KiB).
-READ_BYTES = 1024 * 1024
+__all__ = ["RegistryPool", "RequestListener", "Session", "TransportSettings"]
 
+USER_AGENT = "imagecopy/0.1"
 
-def _readable(sock: socket.socket | None) -> bool:
-    """An idle keep-alive connection with something to read was closed (or spoke out of
-    turn) by the server: the pool must not reuse it."""
-    if sock is None or sock.fileno() < 0:
-        return True
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
-    return bool(poller.poll(0))
-
-
-class _Stream(httpcore.AsyncNetworkStream):
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self._socket = inner.get_extra_info("socket")
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._inner.read(max(max_bytes, READ_BYTES), timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return _Stream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":
-            return _readable(self._socket)
-        if info == "socket":
-            return self._socket
-        return self._inner.get_extra_info(info)
+#: Called with ``(registry, method, code)`` for every request, e.g. a Prometheus counter.
+RequestListener = Callable[[str, str, str], None]
 
 
-class _Backend(httpcore.AsyncNetworkBackend):
-    def __init__(self) -> None:
-        self._inner = httpcore.AnyIOBackend()
+@dataclass(frozen=True)
+class TransportSettings:
+    """How to reach registries: schemes, TLS trust, retries, limits. Read once at start.
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _Stream(stream)
+    ``plain_http`` and ``insecure`` list ``host`` or ``host:port`` entries; an entry without
+    a port covers every port of the host.
+    """
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:  # pragma: no cover - registries are reached over TCP
-        return _Stream(await self._inner.connect_unix_socket(path, timeout, socket_options))
+    plain_http: frozenset[str] = frozenset()
+    insecure: frozenset[str] = frozenset()
+    ca_file: str | None = None
+    blocked_networks: tuple[str, ...] = ()
+    timeout: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Small on purpose: httpcore scans every pooled connection on each request, so a big
+    #: pool costs CPU per request; 16 covers 8 parallel GET→PUT streams.
+    max_connections: int = 16
+    http2: bool = False
 
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+    def scheme(self, registry: Registry) -> str:
+        return "http" if registry.listed_in(self.plain_http) else "https"
 
-
-@contextmanager
-def _mapped_errors() -> Any:
-    """Raise httpx's exception for httpcore's (same names), so retry and error mapping work."""
-    try:
-        yield
-    except httpcore.TimeoutException as exc:
-        raise getattr(httpx, type(exc).__name__, httpx.TimeoutException)(str(exc)) from exc
-    except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
-        raise getattr(httpx, type(exc).__name__, httpx.TransportError)(str(exc)) from exc
+    def is_insecure(self, registry: Registry) -> bool:
+        return registry.listed_in(self.insecure) or registry.listed_in(self.plain_http)
 
 
-class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _mapped_errors():
-            async for part in self._inner:
-                yield part
-
-    async def aclose(self) -> None:
-        with _mapped_errors():
-            await self._inner.aclose()
+def _unverified_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
-class PoolTransport(httpx.AsyncBaseTransport):
-    """An httpcore pool behind the httpx transport interface; TLS context made on first use."""
+# The copy whose request is being sent. Token requests made by the auth flow on its behalf
+# carry no extensions of their own but run in the same task, so they count for it too.
+_CURRENT: ContextVar[Session | None] = ContextVar("imagecopy_session", default=None)
+
+
+def _stats_for(request: httpx.Request) -> RequestStats | None:
+    stats = stats_for(request)
+    if stats is None and (session := _CURRENT.get()) is not None:
+        return session.stats
+    return stats
+
+
+def _budget_for(request: httpx.Request) -> RetryBudget | None:
+    budget = budget_for(request)
+    if budget is None and (session := _CURRENT.get()) is not None:
+        return session.budget
+    return budget
+
+
+class RegistryPool:
+    """One HTTP connection pool for every registry; shared by all copies of a process.
+
+    ``transport`` replaces the network at the bottom of the stack (tests inject
+    ``httpx.MockTransport`` or a recording transport); retries, counting and the network
+    guard still wrap it. ``on_request`` hears of every request of every session.
+    """
 
     def __init__(
         self,
-        ssl_context: Callable[[], ssl.SSLContext],
+        settings: TransportSettings | None = None,
         *,
-        max_connections: int,
-        keepalive_expiry: float = 60.0,
-        http2: bool = False,
+        transport: httpx.AsyncBaseTransport | None = None,
+        on_request: RequestListener | None = None,
     ) -> None:
-        self._make_ssl_context = ssl_context
-        self._max_connections = max_connections
-        self._keepalive_expiry = keepalive_expiry
-        self._http2 = http2
-        self._pools: dict[bool, httpcore.AsyncConnectionPool] = {}
+        self.settings = settings or TransportSettings()
+        self._on_request = on_request
+        ca_file = self.settings.ca_file
 
-    def _pool(self, tls: bool) -> httpcore.AsyncConnectionPool:
-        pool = self._pools.get(tls)
-        if pool is None:
-            # Plain-HTTP connections never use the context: skip loading CA certificates.
-            context = self._make_ssl_context() if tls else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            pool = httpcore.AsyncConnectionPool(
-                ssl_context=context,
-                max_connections=self._max_connections,
-                max_keepalive_connections=self._max_connections,
-                keepalive_expiry=self._keepalive_expiry,
-                http1=True,
-                http2=self._http2,
-                network_backend=_Backend(),
-            )
-            self._pools[tls] = pool
-        return pool
+        def verified_context() -> ssl.SSLContext:
+            context = httpx.create_ssl_context()  # the system/certifi trust store
+            if ca_file:
+                context.load_verify_locations(cafile=ca_file)
+            return context
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, httpx.AsyncByteStream)
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
+        mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
+        if self.settings.insecure and transport is None:
+            insecure = self._stack(self._connections(_unverified_context))
+            for host in sorted(self.settings.insecure):
+                mounts[f"all://{host}"] = insecure
+        network = transport or self._connections(verified_context)
+        self.http = httpx.AsyncClient(
+            transport=self._stack(network),
+            mounts=mounts,
+            timeout=httpx.Timeout(self.settings.timeout, connect=min(10.0, self.settings.timeout)),
+            headers={"User-Agent": USER_AGENT},
+            follow_redirects=False,
         )
-        pool = self._pool(request.url.scheme == "https")
-        with _mapped_errors():
-            response = await pool.handle_async_request(core_request)
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=_ResponseStream(response.stream),
-            extensions=response.extensions,
+        #: Auth challenges seen per registry (not secret), shared by every session.
+        self.challenges = ChallengeCache()
+        #: Bearer tokens per registry and credential, shared by sessions of one credential.
+        self.tokens = TokenCache()
+
+    def _connections(self, context: Callable[[], ssl.SSLContext]) -> PoolTransport:
+        return PoolTransport(
+            context, max_connections=self.settings.max_connections, http2=self.settings.http2
         )
+
+    def _stack(self, network: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+        transport = network
+        blocked = parse_networks(self.settings.blocked_networks)
+        if blocked:
+            transport = NetworkGuardTransport(transport, blocked)
+        return RetryTransport(
+            CountingTransport(transport, _stats_for),
+            self.settings.retry,
+            find_budget=_budget_for,
+        )
+
+    def session(self, credentials: CredentialStore | None = None) -> Session:
+        session = Session(self, credentials or CredentialStore())
+        if self._on_request is not None:
+            session.stats.listeners.append(self._on_request)
+        return session
 
     async def aclose(self) -> None:
-        for pool in self._pools.values():
-            await pool.aclose()
-        self._pools.clear()
+        await self.http.aclose()
+
+    async def __aenter__(self) -> RegistryPool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class Session:
+    """One copy's view of the pool: its credentials, auth, request count and retry budget."""
+
+    def __init__(self, pool: RegistryPool, credentials: CredentialStore) -> None:
+        self.pool = pool
+        self.credentials = credentials
+        self.stats = RequestStats()
+        self.budget = pool.settings.retry.new_budget()
+        self._auth: dict[Registry, RegistryAuth] = {}
+
+    @property
+    def settings(self) -> TransportSettings:
+        return self.pool.settings
+
+    def auth(self, registry: Registry) -> RegistryAuth:
+        auth = self._auth.get(registry)
+        if auth is None:
+            settings = self.pool.settings
+            auth = RegistryAuth(
+                registry,
+                self.credentials.get(registry),
+                token_client=self.pool.http,
+                tokens=self.pool.tokens,
+                challenges=self.pool.challenges,
+                scheme=settings.scheme(registry),
+                allow_insecure_realm=settings.is_insecure(registry),
+            )
+            self._auth[registry] = auth
+        return auth
+
+    def token_requests(self) -> int:
+        """Token requests this session's auth flows made (for tests and diagnostics)."""
+        return sum(auth.token_requests for auth in self._auth.values())
+
+    def repository(
+        self, ref: Reference, side: Side, scopes: Sequence[str] | None = None
+    ) -> RepositoryClient:
+        """A client for ``ref``'s repository. ``scopes`` (built with ``Repository.scope``)
+        are what its token asks for; default: pull on the repository itself."""
+        return RepositoryClient(self, ref.repo, side, tuple(scopes or (ref.scope("pull"),)))
+
+    def enter(self) -> Token[Session | None]:
+        """Mark the running task as working for this session (see ``leave``)."""
+        return _CURRENT.set(self)
+
+    def leave(self, token: Token[Session | None]) -> None:
+        _CURRENT.reset(token)

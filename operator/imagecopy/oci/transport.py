@@ -1,16 +1,16 @@
 """HTTP transport wrappers: retries with backoff, and per-copy request accounting.
 
 This module owns the ``httpx.AsyncBaseTransport`` layers under the registry client, composed
-as ``RetryTransport(CountingTransport(httpx.AsyncHTTPTransport(...)))`` so every attempt that
-reaches the network is counted once. Neither layer knows about registries beyond the URL.
+in ``oci.pool`` as ``RetryTransport(CountingTransport(guard(connections)))`` so every attempt
+that reaches the network is counted once. Neither layer knows about registries beyond the
+URL. Retries follow ``oci.retry``: at most ``RetryPolicy.attempts`` tries of one request,
+each retry paid from the copy's ``RetryBudget`` (``request.extensions[BUDGET]``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import math
 import random
 import time
 from collections import Counter
@@ -19,15 +19,17 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from .retry import RetryBudget, RetryPolicy, parse_retry_after
+
 __all__ = [
+    "BUDGET",
     "IDEMPOTENT_METHODS",
     "RETRY_STATUSES",
     "STATS",
     "CountingTransport",
     "RequestStats",
-    "RetryPolicy",
     "RetryTransport",
-    "parse_retry_after",
+    "budget_for",
     "registry_of",
     "request_is_replayable",
     "stats_for",
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Key in ``request.extensions`` holding the ``RequestStats`` the request is counted in.
 STATS = "imagecopy.stats"
+#: Key in ``request.extensions`` holding the ``RetryBudget`` its retries are paid from.
+BUDGET = "imagecopy.retry-budget"
 #: Statuses worth another try of the same request.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: Methods a repeat cannot change the outcome of (RFC 9110 §9.2.2).
@@ -64,47 +68,10 @@ def registry_of(url: httpx.URL) -> str:
     return host if url.port is None else f"{host}:{url.port}"
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently a request is tried."""
-
-    #: Total tries, the first included.
-    attempts: int = 5
-    #: Seconds; the n-th retry waits up to ``backoff_base * 2**(n-1)`` (full jitter).
-    backoff_base: float = 0.2
-    backoff_max: float = 10.0
-    #: A server's ``Retry-After`` is honoured up to this many seconds.
-    retry_after_max: float = 60.0
-
-    def backoff(self, retry: int, rng: random.Random | None = None) -> float:
-        """Seconds to wait before retry number ``retry`` (1-based): full jitter, capped."""
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** max(retry - 1, 0))
-        return (rng or random).uniform(0.0, ceiling)
-
-
-def parse_retry_after(value: str | None, *, now: float, cap: float) -> float | None:
-    """Seconds a ``Retry-After`` value asks for (delta-seconds or HTTP-date), capped.
-
-    ``None`` when absent or unreadable, so the caller falls back to its own backoff.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - now
-    if math.isnan(seconds):
-        return None
-    return min(max(seconds, 0.0), cap)
+def budget_for(request: httpx.Request) -> RetryBudget | None:
+    """The ``RetryBudget`` stored under ``BUDGET`` in the request's extensions, if any."""
+    budget = request.extensions.get(BUDGET)
+    return budget if isinstance(budget, RetryBudget) else None
 
 
 class RetryTransport(httpx.AsyncBaseTransport):
@@ -119,47 +86,50 @@ class RetryTransport(httpx.AsyncBaseTransport):
     def __init__(
         self,
         inner: httpx.AsyncBaseTransport,
-        policy: RetryPolicy = RetryPolicy(),
+        policy: RetryPolicy | None = None,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        find_budget: Callable[[httpx.Request], RetryBudget | None] = budget_for,
     ) -> None:
         self.inner = inner
-        self.policy = policy
+        self.policy = policy or RetryPolicy()
         self._sleep = sleep
         self._clock = clock
         self._rng = rng
+        self._find_budget = find_budget
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         replayable = request_is_replayable(request)
         idempotent = request.method.upper() in IDEMPOTENT_METHODS
         attempts = max(self.policy.attempts, 1)
+        budget = self._find_budget(request)
+        backoff = self.policy.backoff
         for attempt in range(1, attempts + 1):
-            last = attempt == attempts
+            # A retry is possible only while tries and the copy's budget last.
+            last = attempt == attempts or (budget is not None and budget.remaining <= 0)
             try:
                 response = await self.inner.handle_async_request(request)
             except _NOT_SENT_ERRORS as exc:
                 if last or not replayable:
                     raise
-                delay = self.policy.backoff(attempt, self._rng)
+                delay = backoff.delay(attempt, self._rng)
                 reason = type(exc).__name__
             except _MAYBE_SENT_ERRORS as exc:
                 if last or not replayable or not idempotent:
                     raise
-                delay = self.policy.backoff(attempt, self._rng)
+                delay = backoff.delay(attempt, self._rng)
                 reason = type(exc).__name__
             else:
                 if last or not replayable or response.status_code not in RETRY_STATUSES:
                     return response
-                asked = parse_retry_after(
-                    response.headers.get("Retry-After"),
-                    now=self._clock(),
-                    cap=self.policy.retry_after_max,
-                )
-                delay = asked if asked is not None else self.policy.backoff(attempt, self._rng)
+                asked = parse_retry_after(response.headers.get("Retry-After"), now=self._clock())
+                delay = backoff.delay(attempt, self._rng, retry_after=asked)
                 reason = str(response.status_code)
                 await response.aclose()
+            if budget is not None:
+                budget.spend()
             log.debug(
                 "retrying %s %s after %s in %.2fs (attempt %d of %d)",
                 request.method,

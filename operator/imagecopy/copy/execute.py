@@ -1,0 +1,248 @@
+"""Carry out a plan against a destination: the pipelined graph walk.
+
+Each child manifest is pushed by digest as soon as its own blobs and children are present,
+so the platforms of an index overlap instead of moving in lock-step waves; each blob is
+made present once however many manifests name it. The root goes last, by its first tag
+(or digest), then the other tags; then the referrers, after their subjects.
+A manifest is never pushed before every blob and child it names is at the destination.
+
+The destination is a small capability (``Destination``): ``RegistryDestination`` writes
+through ``oci``; ``DryRunDestination`` makes the same read-only checks and records the
+writes instead, so a dry run and a real copy walk the same plan with the same decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..oci.blobs import BlobOutcome, BlobPlacement, Limits, UploadOptions, ensure_blob
+from ..oci.descriptor import Descriptor, Manifest
+from ..oci.errors import ImageCopyError, RegistryError
+from ..oci.referrers import push_referrers
+from ..oci.repository import RepositoryClient
+from .mounts import MountRoute, MountStrategy
+from .options import ProgressListener
+from .plan import Node, Plan
+from .report import CopyReport
+
+__all__ = ["Destination", "DryRunDestination", "Executor", "RegistryDestination"]
+
+
+class Destination(Protocol):
+    """What the walk needs of the place it copies to."""
+
+    async def has_manifest(self, digest: str) -> bool: ...
+
+    async def ensure_blob(self, desc: Descriptor, route: MountRoute) -> BlobPlacement: ...
+
+    async def push_manifest(self, reference: str, manifest: Manifest) -> None: ...
+
+    async def push_referrers(self, items: Sequence[tuple[Manifest, str]]) -> None: ...
+
+
+class RegistryDestination:
+    """The real destination repository; blob bytes come verified from the source."""
+
+    def __init__(
+        self,
+        repo: RepositoryClient,
+        source: RepositoryClient,
+        *,
+        upload: UploadOptions,
+        limits: Limits,
+        progress: ProgressListener | None = None,
+    ) -> None:
+        self.repo = repo
+        self.source = source
+        self.upload = upload
+        self.limits = limits
+        self.progress = progress
+
+    async def has_manifest(self, digest: str) -> bool:
+        return await self.repo.head_manifest(digest) is not None
+
+    async def ensure_blob(self, desc: Descriptor, route: MountRoute) -> BlobPlacement:
+        progress = self.progress
+        on_bytes = None if progress is None else lambda n: progress.blob_advanced(desc, n)
+        return await ensure_blob(
+            self.repo,
+            desc,
+            lambda: self.source.read_blob(desc, on_bytes),
+            mount_from=route.mount_from,
+            check_first=route.check_first,
+            options=self.upload,
+            limits=self.limits,
+        )
+
+    async def push_manifest(self, reference: str, manifest: Manifest) -> None:
+        await self.repo.put_manifest(reference, manifest)
+
+    async def push_referrers(self, items: Sequence[tuple[Manifest, str]]) -> None:
+        await push_referrers(self.repo, items)
+
+
+@dataclass
+class DryRunDestination:
+    """Reads like the real destination, writes nothing: a mount is assumed to succeed
+    wherever the real copy would try one, and every push is recorded in ``pushed``."""
+
+    repo: RepositoryClient
+    limits: Limits = field(default_factory=Limits)
+    pushed: list[str] = field(default_factory=list)
+
+    async def has_manifest(self, digest: str) -> bool:
+        return await self.repo.head_manifest(digest) is not None
+
+    async def ensure_blob(self, desc: Descriptor, route: MountRoute) -> BlobPlacement:
+        if route.check_first:
+            if self.limits.mounts is None:
+                there = await self.repo.blob_exists(desc.digest)
+            else:
+                async with self.limits.mounts:
+                    there = await self.repo.blob_exists(desc.digest)
+            if there:
+                return BlobPlacement(BlobOutcome.EXISTING)
+        return BlobPlacement(BlobOutcome.MOUNTED if route.mount_from else BlobOutcome.UPLOADED)
+
+    async def push_manifest(self, reference: str, manifest: Manifest) -> None:
+        self.pushed.append(reference)
+
+    async def push_referrers(self, items: Sequence[tuple[Manifest, str]]) -> None:
+        self.pushed.extend(manifest.digest for manifest, _ in items)
+
+
+class Executor:
+    """One run of one plan: task bookkeeping and the report's counts."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        destination: Destination,
+        mounts: MountStrategy,
+        report: CopyReport,
+        progress: ProgressListener | None = None,
+    ) -> None:
+        self.plan = plan
+        self.destination = destination
+        self.mounts = mounts
+        self.report = report
+        self.progress = progress
+        self._blob_tasks: dict[str, asyncio.Task[None]] = {}
+        self._child_tasks: dict[str, asyncio.Task[None]] = {}
+        self._group: asyncio.TaskGroup | None = None
+
+    async def run(self) -> None:
+        plan, report = self.plan, self.report
+        if not plan.same_repository:
+            await self._in_group(self._complete(plan.root))
+        tags = plan.tags
+        await self.destination.push_manifest(tags[0] if tags else plan.root.digest, plan.root)
+        report.manifests_copied += 1
+        for tag in tags[1:]:
+            await self.destination.push_manifest(tag, plan.root)
+        report.referrers = len(plan.referrers)
+        if plan.referrers:
+            await self._push_referrers(plan.referrers)
+
+    async def _push_referrers(self, referrers: list[Node]) -> None:
+        await self._in_group(*(self._complete(node.manifest) for node in referrers))
+        found = await asyncio.gather(
+            *(self.destination.has_manifest(node.manifest.digest) for node in referrers)
+        )
+        missing = [node for node, there in zip(referrers, found, strict=True) if not there]
+        self.report.manifests_existing += len(referrers) - len(missing)
+        await self.destination.push_referrers([(n.manifest, _subject(n)) for n in missing])
+        self.report.manifests_copied += len(missing)
+
+    # -- the pipelined walk -----------------------------------------------------------------
+
+    async def _in_group(self, *work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in one task group: blob and child tasks started inside share it, so
+        the first failure cancels the rest and is reported (a permanent one over a
+        transient one)."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                for item in work:
+                    group.create_task(item)
+        except BaseExceptionGroup as failures:
+            raise _first_failure(failures) from None
+        finally:
+            self._group = None
+
+    def _task(
+        self, tasks: dict[str, asyncio.Task[None]], key: str, work: Coroutine[Any, Any, None]
+    ) -> asyncio.Task[None]:
+        task = tasks.get(key)
+        if task is None:
+            assert self._group is not None
+            task = tasks[key] = self._group.create_task(work)
+        else:
+            work.close()
+        return task
+
+    async def _complete(self, manifest: Manifest) -> None:
+        """Make every blob and child manifest that ``manifest`` names present."""
+        waits = [
+            self._task(self._blob_tasks, blob.digest, self._copy_blob(blob))
+            for blob in manifest.blobs
+            if not blob.foreign  # non-distributable: it lives at its urls
+        ]
+        waits += [
+            self._task(self._child_tasks, child.digest, self._copy_child(child.digest))
+            for child in manifest.manifests
+        ]
+        if waits:
+            await asyncio.gather(*waits)
+
+    async def _copy_child(self, digest: str) -> None:
+        present = asyncio.ensure_future(self.destination.has_manifest(digest))
+        try:
+            node = self.plan.nodes[digest]
+            await self._complete(node.manifest)
+            there = await present
+        finally:
+            present.cancel()
+        if there:
+            self.report.manifests_existing += 1
+            return
+        await self.destination.push_manifest(digest, node.manifest)
+        self.report.manifests_copied += 1
+
+    async def _copy_blob(self, desc: Descriptor) -> None:
+        if self.progress is not None:
+            self.progress.blob_started(desc)
+        placement = await self.destination.ensure_blob(desc, self.mounts.route(desc.digest))
+        self.mounts.learn(placement)
+        self.report.count_blob(desc.size, placement.outcome)
+        if self.progress is not None:
+            self.progress.blob_finished(desc, placement.outcome)
+
+
+def _subject(node: Node) -> str:
+    subject = node.manifest.subject
+    if subject is not None:
+        return subject.digest
+    assert node.referrer_of is not None
+    return node.referrer_of
+
+
+def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a group of failures: a permanent one over a retryable one."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for exc in leaves:
+        if isinstance(exc, ImageCopyError) and not (
+            isinstance(exc, RegistryError) and exc.retryable
+        ):
+            return exc
+    return leaves[0]

@@ -1,0 +1,235 @@
+"""Resolve a copy into a plan, reading only: every decision made before the first write.
+
+``make_plan`` checks the destination tags, decides whether the copy is a no-op (two HEADs
+when every tag exists), fetches and filters the root, applies the tag policy (every tag is
+checked before anything is written) and walks the source graph: child manifests (fetched
+in parallel, level by level) and the unique blobs; ``copy.referrers`` adds the referrer
+graphs when asked. The result is either ``Settled`` (nothing to write) or a ``Plan`` that
+``copy.execute`` carries out against a destination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..oci.descriptor import Descriptor, Manifest
+from ..oci.errors import DigestMismatch, InvalidSpec, NotFound, Side, TagConflict
+from ..oci.reference import Reference
+from ..oci.repository import ManifestInfo, RepositoryClient
+from .options import CopyOptions, TagPolicy
+from .platforms import filter_platforms
+from .report import Outcome
+
+__all__ = ["Node", "Plan", "Settled", "destination_reference", "fetch_child", "make_plan"]
+
+
+@dataclass
+class Node:
+    """A manifest of the graph; ``referrer_of`` is the subject digest of a referrer."""
+
+    manifest: Manifest
+    referrer_of: str | None = None
+
+
+@dataclass(frozen=True)
+class Settled:
+    """The destination already is what the spec asks for; nothing will be written."""
+
+    outcome: Outcome
+    source_digest: str
+    destination_digest: str
+
+
+@dataclass
+class Plan:
+    """Everything a copy will write, in the order it will be written."""
+
+    source: Reference
+    destination: Reference
+    #: The source root's digest (before platform filtering).
+    source_digest: str
+    #: The manifest pushed as the destination root (filtered when platforms are asked).
+    root: Manifest
+    #: Tags the root is pushed under, the main one first; empty: by digest only.
+    tags: tuple[str, ...]
+    #: Every manifest to make present, by digest: the root, its children at any depth, and
+    #: the referrer graphs.
+    nodes: dict[str, Node] = field(default_factory=dict)
+    #: Referrer manifests in discovery order: a subject always precedes its referrers.
+    referrers: list[Node] = field(default_factory=list)
+    #: Unique blobs of every node (foreign layers excluded: they live at their urls).
+    blobs: dict[str, Descriptor] = field(default_factory=dict)
+
+    @property
+    def same_repository(self) -> bool:
+        return self.source.same_repository(self.destination)
+
+    @property
+    def same_registry(self) -> bool:
+        return self.source.registry == self.destination.registry
+
+    def add(self, manifest: Manifest, referrer_of: str | None = None) -> Node:
+        node = Node(manifest, referrer_of)
+        self.nodes[manifest.digest] = node
+        for blob in manifest.blobs:
+            if not blob.foreign:
+                self.blobs.setdefault(blob.digest, blob)
+        return node
+
+
+def destination_reference(source: Reference, destination: Reference) -> Reference:
+    """A destination without tag or digest takes the source's tag."""
+    if destination.tag or destination.digest:
+        return destination
+    if source.tag:
+        return destination.with_tag(source.tag)
+    return destination
+
+
+def destination_tags(destination: Reference, options: CopyOptions) -> list[str]:
+    tags: list[str] = []
+    if destination.tag and not destination.digest:
+        tags.append(destination.tag)
+    for tag in options.additional_tags:
+        if tag not in tags:
+            tags.append(tag)
+    return tags
+
+
+def _all_at(existing: Mapping[str, ManifestInfo | None], digest: str) -> bool:
+    return all(info is not None and info.digest == digest for info in existing.values())
+
+
+async def make_plan(
+    source_repo: RepositoryClient,
+    destination_repo: RepositoryClient,
+    src: Reference,
+    dst: Reference,
+    options: CopyOptions,
+) -> Plan | Settled:
+    """Resolve ``src`` → ``dst`` (``dst`` already completed by ``destination_reference``)."""
+    if not (dst.tag or dst.digest):
+        raise InvalidSpec(f"destination {dst} needs a tag or a digest when the source has no tag")
+    same_image = src == dst or (src.same_repository(dst) and src.reference == dst.reference)
+    if same_image and not options.additional_tags and not options.platforms:
+        raise InvalidSpec("source and destination are the same image")
+
+    tags = destination_tags(dst, options)
+    src_ref = src.digest or src.tag or "latest"
+    # Destination first: when a tag is missing the copy cannot be a no-op, so the source
+    # is fetched straight away (no HEAD); when every tag exists, one HEAD of the source
+    # decides whether there is anything to do.
+    infos = await asyncio.gather(*(destination_repo.head_manifest(tag) for tag in tags))
+    existing = dict(zip(tags, infos, strict=True))
+    src_digest = src.digest
+    maybe_noop = all(info is not None for info in infos) if tags else bool(dst.digest)
+    if src_digest is None and maybe_noop:
+        info = await source_repo.head_manifest(src_ref)
+        if info is None:
+            raise _source_missing(src)
+        src_digest = info.digest
+
+    if src_digest and maybe_noop and not options.platforms:
+        at_source = _all_at(existing, src_digest) and dst.digest in (None, src_digest)
+        if at_source and (tags or await destination_repo.head_manifest(src_digest)):
+            return Settled(Outcome.UP_TO_DATE, src_digest, src_digest)
+
+    root = await source_repo.get_manifest(
+        src_digest or src_ref, expected_digest=src_digest, missing_ok=True
+    )
+    if root is None:
+        raise _source_missing(src)
+    source_digest = root.digest
+    if options.platforms and root.is_index:
+        root = filter_platforms(root, options.platforms, str(src))
+    if dst.digest and dst.digest != root.digest:
+        raise InvalidSpec(
+            f"destination digest {dst.digest} does not match the content to copy ({root.digest})"
+        )
+    if (
+        options.platforms
+        and _all_at(existing, root.digest)
+        and (tags or await destination_repo.head_manifest(root.digest))
+    ):
+        return Settled(Outcome.UP_TO_DATE, source_digest, root.digest)
+
+    push_tags = _apply_tag_policy(dst, existing, root.digest, options.tag_policy)
+    if push_tags is None:
+        main = existing.get(dst.tag or "")
+        return Settled(
+            Outcome.TAG_EXISTS, source_digest, main.digest if main and main.digest else root.digest
+        )
+
+    plan = Plan(src, dst, source_digest, root, tuple(push_tags))
+    plan.add(root)
+    if not plan.same_repository:  # a retag: every blob and child is already there
+        await walk(source_repo, plan, root)
+    return plan
+
+
+def _source_missing(src: Reference) -> NotFound:
+    return NotFound(
+        f"{src} not found",
+        status=404,
+        operation="resolve",
+        side=Side.SOURCE,
+        registry=str(src.registry),
+    )
+
+
+def _apply_tag_policy(
+    dst: Reference,
+    existing: Mapping[str, ManifestInfo | None],
+    digest: str,
+    policy: TagPolicy,
+) -> list[str] | None:
+    """Tags to push, or None when IfNotPresent leaves the main tag alone."""
+    push: list[str] = []
+    for tag, info in existing.items():
+        moved = info is not None and info.digest != digest
+        if moved and policy is TagPolicy.IMMUTABLE:
+            raise TagConflict(
+                f"{dst.repo}:{tag} points at {info.digest if info else '?'}, not {digest}, "
+                "and tagPolicy Immutable forbids moving it"
+            )
+        if info is not None and policy is TagPolicy.IF_NOT_PRESENT:
+            if tag == dst.tag:
+                return None
+            continue
+        push.append(tag)
+    return push
+
+
+async def fetch_child(source_repo: RepositoryClient, desc: Descriptor) -> Manifest:
+    """A manifest a descriptor names, checked against the descriptor's digest and size."""
+    manifest = await source_repo.get_manifest(desc.digest, expected_digest=desc.digest)
+    assert manifest is not None
+    if manifest.size != desc.size:
+        raise DigestMismatch(
+            f"manifest {desc.digest} has {manifest.size} bytes, its descriptor says {desc.size}",
+            operation="get manifest",
+            side=Side.SOURCE,
+            registry=str(source_repo.registry),
+        )
+    return manifest
+
+
+async def walk(
+    source_repo: RepositoryClient, plan: Plan, manifest: Manifest, referrer_of: str | None = None
+) -> None:
+    """Add ``manifest``'s children (at any depth) to the plan, fetching each level at once."""
+    if referrer_of is not None:
+        plan.referrers.append(plan.add(manifest, referrer_of))
+    level = [manifest]
+    while level:
+        wanted: dict[str, Descriptor] = {}
+        for parent in level:
+            for child in parent.manifests:
+                if child.digest not in plan.nodes:
+                    wanted.setdefault(child.digest, child)
+        fetched = await asyncio.gather(*(fetch_child(source_repo, d) for d in wanted.values()))
+        for child_manifest in fetched:
+            plan.add(child_manifest)
+        level = list(fetched)

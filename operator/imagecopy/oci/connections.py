@@ -1,0 +1,184 @@
+"""httpcore's connection pool as an httpx transport, tuned for registry traffic; the only
+module that touches httpcore.
+
+Why not `httpx.AsyncHTTPTransport`: profiling same-registry copies (bench/README.md) showed
+about 40% of the client's CPU in the pool asking each idle connection "is the socket
+readable?" through anyio's extra-attribute machinery (a dict rebuilt per call), and blob
+streams paying one event-loop round and one h11 event per 64 KiB read. This module keeps
+httpcore (pooling, HTTP/1.1 and HTTP/2, TLS) and only changes the network backend: the
+liveness check uses the socket cached at connect time, and reads ask for up to 1 MiB. The
+verified TLS context is built on first use, so plain-HTTP runs never load a CA bundle.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import contextmanager
+from typing import Any
+
+import httpcore
+import httpx
+
+__all__ = ["READ_BYTES", "PoolTransport"]
+
+#: Bytes asked of the socket per read (httpcore asks for 64 KiB).
+READ_BYTES = 1024 * 1024
+
+
+def _readable(sock: socket.socket | None) -> bool:
+    """An idle keep-alive connection with something to read was closed (or spoke out of
+    turn) by the server: the pool must not reuse it."""
+    if sock is None or sock.fileno() < 0:
+        return True
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class _Stream(httpcore.AsyncNetworkStream):
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._socket = inner.get_extra_info("socket")
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max(max_bytes, READ_BYTES), timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return _Stream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            return _readable(self._socket)
+        if info == "socket":
+            return self._socket
+        return self._inner.get_extra_info(info)
+
+
+class _Backend(httpcore.AsyncNetworkBackend):
+    def __init__(self) -> None:
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _Stream(stream)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:  # pragma: no cover - registries are reached over TCP
+        return _Stream(await self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+@contextmanager
+def _mapped_errors() -> Any:
+    """Raise httpx's exception for httpcore's (same names), so retry and error mapping work."""
+    try:
+        yield
+    except httpcore.TimeoutException as exc:
+        raise getattr(httpx, type(exc).__name__, httpx.TimeoutException)(str(exc)) from exc
+    except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
+        raise getattr(httpx, type(exc).__name__, httpx.TransportError)(str(exc)) from exc
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _mapped_errors():
+            async for part in self._inner:
+                yield part
+
+    async def aclose(self) -> None:
+        with _mapped_errors():
+            await self._inner.aclose()
+
+
+class PoolTransport(httpx.AsyncBaseTransport):
+    """An httpcore pool behind the httpx transport interface; TLS context made on first use."""
+
+    def __init__(
+        self,
+        ssl_context: Callable[[], ssl.SSLContext],
+        *,
+        max_connections: int,
+        keepalive_expiry: float = 60.0,
+        http2: bool = False,
+    ) -> None:
+        self._make_ssl_context = ssl_context
+        self._max_connections = max_connections
+        self._keepalive_expiry = keepalive_expiry
+        self._http2 = http2
+        self._pools: dict[bool, httpcore.AsyncConnectionPool] = {}
+
+    def _pool(self, tls: bool) -> httpcore.AsyncConnectionPool:
+        pool = self._pools.get(tls)
+        if pool is None:
+            # Plain-HTTP connections never use the context: skip loading CA certificates.
+            context = self._make_ssl_context() if tls else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            pool = httpcore.AsyncConnectionPool(
+                ssl_context=context,
+                max_connections=self._max_connections,
+                max_keepalive_connections=self._max_connections,
+                keepalive_expiry=self._keepalive_expiry,
+                http1=True,
+                http2=self._http2,
+                network_backend=_Backend(),
+            )
+            self._pools[tls] = pool
+        return pool
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        pool = self._pool(request.url.scheme == "https")
+        with _mapped_errors():
+            response = await pool.handle_async_request(core_request)
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_ResponseStream(response.stream),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        for pool in self._pools.values():
+            await pool.aclose()
+        self._pools.clear()

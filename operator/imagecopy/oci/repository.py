@@ -1,0 +1,598 @@
+"""The distribution API of one repository: manifests, blobs, upload sessions, mounts.
+
+A `RepositoryClient` builds every URL of the protocol and reads every status code; what it
+returns are facts (`ManifestInfo`, a `Manifest`, a `MountAnswer`, an `UploadSession`), and
+what it raises are `RegistryError`s naming the operation, the side and the registry's error
+code. Making a blob present by the cheapest route is ``oci.blobs``; referrers are
+``oci.referrers``.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+import httpx
+
+from . import mediatypes as mt
+from .auth import SCOPES
+from .descriptor import MAX_MANIFEST_BYTES, Descriptor, Manifest, parse_manifest
+from .digest import DigestVerifier, compute_digest, verify_bytes
+from .errors import (
+    DigestMismatch,
+    Forbidden,
+    ManifestTooLarge,
+    NotFound,
+    PushRejected,
+    RateLimited,
+    RegistryError,
+    RegistryUnreachable,
+    Side,
+    TLSError,
+    Unauthorized,
+)
+from .reference import Repository
+from .transport import BUDGET, STATS
+
+if TYPE_CHECKING:
+    from .pool import Session
+
+__all__ = [
+    "ManifestInfo",
+    "MountAnswer",
+    "MountRefusal",
+    "RepositoryClient",
+    "UploadSession",
+    "registry_error_codes",
+]
+
+#: Statuses that answer a successful manifest PUT.
+_MANIFEST_STORED = frozenset({200, 201, 202})
+#: Statuses that answer a completed blob upload.
+_BLOB_STORED = frozenset({201, 204})
+#: Answers to a monolithic PUT that mean "send it in chunks instead", unless the error code
+#: says the bytes themselves were wrong.
+_WANTS_CHUNKS = frozenset({400, 405, 415, 416})
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    """What a manifest HEAD tells: digest, media type and size (each when sent)."""
+
+    digest: str | None
+    media_type: str
+    size: int | None
+
+
+class MountRefusal(StrEnum):
+    """Why a registry did not mount a blob (and did not open a session instead)."""
+
+    #: 405 or 501: this registry does not mount at all.
+    UNSUPPORTED = "unsupported"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    #: The source repository or blob is unknown to the registry.
+    NOT_FOUND = "not found"
+    #: Another 4xx.
+    REJECTED = "rejected"
+    #: An answer the protocol does not allow (202 without Location, a 2xx other than 201).
+    NONCOMPLIANT = "non-compliant answer"
+
+
+@dataclass(frozen=True)
+class UploadSession:
+    """An open upload: where to send the bytes, and the smallest chunk the registry takes
+    (``OCI-Chunk-Min-Length``, 0 when not given)."""
+
+    location: str
+    chunk_min_length: int = 0
+
+
+@dataclass(frozen=True)
+class MountAnswer:
+    """201: ``mounted``; 202: ``session`` (an upload session to use or cancel); else
+    ``refusal`` (with the status that said so)."""
+
+    mounted: bool = False
+    session: UploadSession | None = None
+    refusal: MountRefusal | None = None
+    status: int = 0
+
+
+def registry_error_codes(response: httpx.Response) -> list[tuple[str, str]]:
+    """``(CODE, message)`` pairs of an OCI error body (``{"errors": [{code, message}]}``),
+    at most three; an empty list for any other body."""
+    try:
+        body = response.json()
+    except (ValueError, httpx.ResponseNotRead, UnicodeDecodeError):
+        return []
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if not isinstance(errors, list):
+        return []
+    pairs: list[tuple[str, str]] = []
+    for err in errors[:3]:
+        if isinstance(err, dict):
+            code = str(err.get("code") or "").strip().upper()[:64]
+            message = " ".join(str(err.get("message") or "").split())[:200]
+            if code or message:
+                pairs.append((code, message))
+    return pairs
+
+
+class RepositoryClient:
+    """Distribution API calls on one repository, on one side of a copy, through a session."""
+
+    def __init__(
+        self, session: Session, repository: Repository, side: Side, scopes: tuple[str, ...]
+    ) -> None:
+        self.session = session
+        self.name = repository
+        self.side = side
+        self.scopes = scopes
+        self.registry = repository.registry
+        self._base = (
+            f"{session.settings.scheme(self.registry)}://{self.registry}/v2/{repository.path}"
+        )
+
+    def __repr__(self) -> str:
+        return f"RepositoryClient({self.side.value} {self.name})"
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        return f"{self._base}/{path}"
+
+    async def _send(
+        self,
+        operation: str,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | AsyncIterator[bytes] | None = None,
+        params: Mapping[str, str] | None = None,
+        scopes: tuple[str, ...] | None = None,
+        stream: bool = False,
+        follow_redirects: bool = False,
+    ) -> httpx.Response:
+        http = self.session.pool.http
+        request = http.build_request(
+            method,
+            url,
+            headers=headers,
+            content=content,
+            params=params,
+            extensions={
+                SCOPES: scopes or self.scopes,
+                STATS: self.session.stats,
+                BUDGET: self.session.budget,
+            },
+        )
+        entered = self.session.enter()
+        try:
+            return await http.send(
+                request,
+                auth=self.session.auth(self.registry),
+                stream=stream,
+                follow_redirects=follow_redirects,
+            )
+        except httpx.ConnectError as exc:
+            if _is_tls_error(exc):
+                raise self._unreachable(
+                    TLSError, operation, f"TLS handshake with {self.registry} failed: {_short(exc)}"
+                ) from None
+            raise self._unreachable(
+                RegistryUnreachable, operation, f"cannot connect to {self.registry}: {_short(exc)}"
+            ) from None
+        except httpx.TimeoutException:
+            raise self._unreachable(
+                RegistryUnreachable, operation, f"{self.registry} did not answer in time"
+            ) from None
+        except httpx.TransportError as exc:
+            raise self._unreachable(
+                RegistryUnreachable,
+                operation,
+                f"connection to {self.registry} failed: {_short(exc)}",
+            ) from None
+        finally:
+            self.session.leave(entered)
+
+    def _unreachable(
+        self, kind: type[RegistryError], operation: str, message: str
+    ) -> RegistryError:
+        return kind(message, operation=operation, side=self.side, registry=str(self.registry))
+
+    async def _read_error(self, response: httpx.Response) -> None:
+        """Make the answer's body readable for ``registry_error_codes``."""
+        await response.aread()
+
+    def fail(
+        self,
+        response: httpx.Response,
+        operation: str,
+        what: str,
+        *,
+        rejected: type[RegistryError] = RegistryError,
+    ) -> RegistryError:
+        """The error for an unexpected answer to ``operation`` on ``what``; 4xx answers to
+        writes (``rejected=PushRejected``) are push rejections."""
+        status = response.status_code
+        codes = registry_error_codes(response)
+        code = codes[0][0] or None if codes else None
+        detail = "; ".join(f"{c} {m}".strip() for c, m in codes[:2] if c or m)
+        detail = f" ({detail[:200]})" if detail else ""
+        where = f"{self.registry}/{self.name.path}"
+        kind: type[RegistryError]
+        if status == 401:
+            kind, message = Unauthorized, f"{where} refused access to {what} (401){detail}"
+        elif status == 403:
+            kind, message = Forbidden, f"{where} forbids {what} (403){detail}"
+        elif status == 404:
+            kind, message = NotFound, f"{what} not found in {where}{detail}"
+            if rejected is PushRejected:
+                kind, message = PushRejected, f"{where} rejected {what} with 404{detail}"
+        elif status == 429:
+            kind, message = RateLimited, f"{where} rate-limited {what} (429){detail}"
+        elif status >= 500 or status == 408:
+            kind, message = RegistryUnreachable, f"{where} failed {what} with {status}{detail}"
+        else:
+            kind, message = rejected, f"{where} rejected {what} with {status}{detail}"
+        return kind(
+            message,
+            status=status,
+            code=code,
+            operation=operation,
+            side=self.side,
+            registry=str(self.registry),
+        )
+
+    def location(self, response: httpx.Response) -> str:
+        """The upload ``Location`` of an answer, absolute. It carries state in its query
+        string, so it is kept verbatim."""
+        return str(response.request.url.join(response.headers["Location"]))
+
+    # -- manifests --------------------------------------------------------------------------
+
+    async def head_manifest(self, reference: str) -> ManifestInfo | None:
+        """What the registry holds at ``reference`` (tag or digest); None when nothing."""
+        response = await self._send(
+            "check manifest",
+            "HEAD",
+            self._url(f"manifests/{reference}"),
+            headers={"Accept": mt.ACCEPT_MANIFESTS},
+        )
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self.fail(response, "check manifest", f"manifest {reference}")
+        digest = response.headers.get("Docker-Content-Digest")
+        if digest is None and reference.count(":") == 1 and "sha" in reference.split(":")[0]:
+            digest = reference
+        length = response.headers.get("Content-Length")
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        return ManifestInfo(
+            digest, media_type, int(length) if length and length.isdigit() else None
+        )
+
+    async def get_manifest(
+        self, reference: str, *, expected_digest: str | None = None, missing_ok: bool = False
+    ) -> Manifest | None:
+        """The manifest at ``reference``, digest-verified, at most 4 MiB read."""
+        response = await self._send(
+            "get manifest",
+            "GET",
+            self._url(f"manifests/{reference}"),
+            headers={"Accept": mt.ACCEPT_MANIFESTS},
+            stream=True,
+        )
+        try:
+            if response.status_code == 404 and missing_ok:
+                return None
+            if response.status_code != 200:
+                await self._read_error(response)
+                raise self.fail(response, "get manifest", f"manifest {reference}")
+            length = response.headers.get("Content-Length")
+            where = f"manifest {self.registry}/{self.name.path}@{expected_digest or reference}"
+            if length and length.isdigit() and int(length) > MAX_MANIFEST_BYTES:
+                raise ManifestTooLarge(
+                    f"{where} is {length} bytes; manifests over 4 MiB are refused",
+                    operation="get manifest",
+                    side=self.side,
+                    registry=str(self.registry),
+                )
+            data = bytearray()
+            async for chunk in response.aiter_bytes():
+                data.extend(chunk)
+                if len(data) > MAX_MANIFEST_BYTES:
+                    raise ManifestTooLarge(
+                        f"{where} is over 4 MiB; such manifests are refused",
+                        operation="get manifest",
+                        side=self.side,
+                        registry=str(self.registry),
+                    )
+        finally:
+            await response.aclose()
+        raw = bytes(data)
+        header_digest = response.headers.get("Docker-Content-Digest")
+        digest = expected_digest or header_digest
+        if digest is not None:
+            verify_bytes(raw, digest, where)
+        else:
+            digest = compute_digest(raw)
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        return parse_manifest(raw, media_type, where, digest)
+
+    async def put_manifest(self, reference: str, manifest: Manifest) -> httpx.Headers:
+        """Store ``manifest``'s exact bytes at ``reference``; returns the answer's headers."""
+        response = await self._send(
+            "push manifest",
+            "PUT",
+            self._url(f"manifests/{reference}"),
+            headers={"Content-Type": manifest.media_type},
+            content=manifest.data,
+        )
+        await self._read_error(response)
+        if response.status_code not in _MANIFEST_STORED:
+            raise self.fail(
+                response, "push manifest", f"manifest {reference}", rejected=PushRejected
+            )
+        returned = response.headers.get("Docker-Content-Digest")
+        same_algorithm = returned and returned.split(":", 1)[0] == manifest.digest.split(":", 1)[0]
+        if same_algorithm and returned != manifest.digest:
+            raise PushRejected(
+                f"{self.registry}/{self.name.path} stored manifest {reference} as {returned}, "
+                f"expected {manifest.digest}",
+                operation="push manifest",
+                side=self.side,
+                registry=str(self.registry),
+            )
+        return response.headers
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    async def blob_exists(self, digest: str) -> bool:
+        response = await self._send(
+            "check blob", "HEAD", self._url(f"blobs/{digest}"), follow_redirects=True
+        )
+        if response.status_code == 200:
+            return True
+        if response.status_code == 404:
+            return False
+        raise self.fail(response, "check blob", f"blob {digest}")
+
+    @asynccontextmanager
+    async def _open_blob(self, digest: str) -> AsyncIterator[httpx.Response]:
+        response = await self._send(
+            "get blob", "GET", self._url(f"blobs/{digest}"), stream=True, follow_redirects=True
+        )
+        try:
+            if response.status_code != 200:
+                await self._read_error(response)
+                raise self.fail(response, "get blob", f"blob {digest}")
+            yield response
+        finally:
+            await response.aclose()
+
+    async def read_blob(
+        self, desc: Descriptor, on_bytes: Callable[[int], None] | None = None
+    ) -> AsyncIterator[bytes]:
+        """The blob's bytes, verified against ``desc``: the last chunk is held back until
+        the digest and size check out, so a corrupt blob never completes an upload."""
+        verifier = DigestVerifier(desc.digest, desc.size)
+        pending: bytes | None = None
+        try:
+            async with self._open_blob(desc.digest) as response:
+                async for chunk in response.aiter_bytes():
+                    if not chunk:
+                        continue
+                    verifier.update(chunk)
+                    if pending is not None:
+                        yield pending
+                        if on_bytes is not None:
+                            on_bytes(len(pending))
+                    pending = chunk
+        except httpx.TransportError as exc:
+            raise self._unreachable(
+                RegistryUnreachable,
+                "get blob",
+                f"reading blob {desc.digest} from {self.registry} failed: {_short(exc)}",
+            ) from None
+        try:
+            verifier.verify()
+        except DigestMismatch as exc:
+            raise DigestMismatch(
+                f"{self.side.value} {self.registry}/{self.name.path}: {exc}",
+                operation="get blob",
+                side=self.side,
+                registry=str(self.registry),
+            ) from None
+        if pending is not None:
+            yield pending
+            if on_bytes is not None:
+                on_bytes(len(pending))
+
+    async def mount_blob(self, digest: str, source: Repository) -> MountAnswer:
+        """Ask the registry to link ``digest`` from ``source`` (same registry) into this
+        repository; the token also asks ``pull`` on ``source``."""
+        response = await self._send(
+            "mount blob",
+            "POST",
+            self._url("blobs/uploads/"),
+            params={"mount": digest, "from": source.path},
+            headers={"Content-Length": "0"},
+            scopes=(*self.scopes, source.scope("pull")),
+        )
+        await self._read_error(response)
+        code = response.status_code
+        if code == 201:
+            return MountAnswer(mounted=True, status=code)
+        if code == 202:
+            if not response.headers.get("Location"):
+                return MountAnswer(refusal=MountRefusal.NONCOMPLIANT, status=code)
+            return MountAnswer(session=self._session_of(response), status=code)
+        refusal = _MOUNT_REFUSALS.get(code)
+        if refusal is None and 400 <= code < 500 and code not in (408, 429):
+            refusal = MountRefusal.REJECTED
+        if refusal is None and 200 <= code < 300:
+            refusal = MountRefusal.NONCOMPLIANT
+        if refusal is not None:
+            return MountAnswer(refusal=refusal, status=code)
+        raise self.fail(response, "mount blob", f"mount of blob {digest}")
+
+    def _session_of(self, response: httpx.Response) -> UploadSession:
+        raw = response.headers.get("OCI-Chunk-Min-Length", "").strip()
+        minimum = int(raw) if raw.isdigit() and len(raw) <= 18 else 0
+        return UploadSession(self.location(response), minimum)
+
+    async def start_upload(self) -> UploadSession:
+        response = await self._send(
+            "start upload", "POST", self._url("blobs/uploads/"), headers={"Content-Length": "0"}
+        )
+        await self._read_error(response)
+        if response.status_code != 202 or not response.headers.get("Location"):
+            raise self.fail(response, "start upload", "blob upload", rejected=PushRejected)
+        return self._session_of(response)
+
+    async def cancel_upload(self, session: UploadSession) -> None:
+        """Best effort: an abandoned session expires on its own."""
+        try:
+            response = await self._send("cancel upload", "DELETE", session.location)
+            await self._read_error(response)
+        except RegistryError:
+            pass
+
+    async def put_blob(
+        self, session: UploadSession, desc: Descriptor, body: AsyncIterator[bytes]
+    ) -> bool:
+        """Monolithic upload with a streaming body. True when stored; False when the
+        registry wants a chunked upload instead (its session is then spent)."""
+        url = httpx.URL(session.location).copy_merge_params({"digest": desc.digest})
+        response = await self._send(
+            "upload blob",
+            "PUT",
+            url,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(desc.size)},
+            content=body,
+        )
+        await self._read_error(response)
+        if response.status_code in _BLOB_STORED:
+            return True
+        codes = {code for code, _ in registry_error_codes(response)}
+        if response.status_code in _WANTS_CHUNKS and not codes & {"DIGEST_INVALID", "SIZE_INVALID"}:
+            return False
+        raise self.fail(response, "upload blob", f"blob {desc.digest}", rejected=PushRejected)
+
+    async def patch_blob(
+        self,
+        session: UploadSession,
+        desc: Descriptor,
+        body: AsyncIterator[bytes],
+        chunk_size: int,
+    ) -> None:
+        """Chunked upload: PATCH chunks of exactly ``chunk_size`` bytes (the last may be
+        shorter), then PUT with the digest."""
+        offset = 0
+        buffer = bytearray()
+        location = session.location
+
+        async def flush(loc: str, piece: bytes) -> str:
+            nonlocal offset
+            response = await self._send(
+                "upload blob chunk",
+                "PATCH",
+                loc,
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Range": f"{offset}-{offset + len(piece) - 1}",
+                    "Content-Length": str(len(piece)),
+                },
+                content=piece,
+            )
+            await self._read_error(response)
+            if response.status_code != 202 or not response.headers.get("Location"):
+                raise self.fail(
+                    response,
+                    "upload blob chunk",
+                    f"chunk of blob {desc.digest}",
+                    rejected=PushRejected,
+                )
+            offset += len(piece)
+            return self.location(response)
+
+        async for chunk in body:
+            buffer.extend(chunk)
+            while len(buffer) >= chunk_size:  # chunks never exceed chunk_size
+                location = await flush(location, bytes(buffer[:chunk_size]))
+                del buffer[:chunk_size]
+        if buffer:
+            location = await flush(location, bytes(buffer))
+        url = httpx.URL(location).copy_merge_params({"digest": desc.digest})
+        response = await self._send("upload blob", "PUT", url, headers={"Content-Length": "0"})
+        await self._read_error(response)
+        if response.status_code not in _BLOB_STORED:
+            raise self.fail(response, "upload blob", f"blob {desc.digest}", rejected=PushRejected)
+
+    # -- referrers API ----------------------------------------------------------------------
+
+    async def get_referrers_index(self, digest: str) -> Manifest | None:
+        """``GET /referrers/<digest>``: the index, or None when the registry has no
+        referrers API (404, 400, 405 or an answer that is not an image index)."""
+        response = await self._send(
+            "list referrers",
+            "GET",
+            self._url(f"referrers/{digest}"),
+            headers={"Accept": mt.OCI_INDEX},
+            stream=True,
+        )
+        try:
+            if response.status_code == 200:
+                content_type = response.headers.get("Content-Type", "")
+                if not content_type.startswith(mt.OCI_INDEX):
+                    return None
+                data = bytearray()
+                async for chunk in response.aiter_bytes():
+                    data.extend(chunk)
+                    if len(data) > MAX_MANIFEST_BYTES:
+                        raise ManifestTooLarge(
+                            f"the referrers index of {digest} in {self.name} is over 4 MiB",
+                            operation="list referrers",
+                            side=self.side,
+                            registry=str(self.registry),
+                        )
+                return parse_manifest(bytes(data), mt.OCI_INDEX, f"referrers of {digest}")
+            await self._read_error(response)
+            if response.status_code in (404, 400, 405):
+                return None
+            raise self.fail(response, "list referrers", f"referrers of {digest}")
+        finally:
+            await response.aclose()
+
+
+_MOUNT_REFUSALS = {
+    401: MountRefusal.UNAUTHORIZED,
+    403: MountRefusal.FORBIDDEN,
+    404: MountRefusal.NOT_FOUND,
+    405: MountRefusal.UNSUPPORTED,
+    501: MountRefusal.UNSUPPORTED,
+}
+
+
+def _is_tls_error(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return True
+        current = current.__cause__ or current.__context__
+    text = str(exc)
+    return "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text or "TLS" in text
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
