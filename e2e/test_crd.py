@@ -78,7 +78,7 @@ def table(text: str) -> list[list[str]]:
     return [re.split(r"\s{2,}", line.strip()) for line in text.strip().splitlines()]
 
 
-# A status as the operator writes it (API.md §1).
+# A status as the operator writes it (docs/reference.md §2).
 STATUS: Obj = {
     "observedGeneration": 1,
     "sourceDigest": DIGEST,

@@ -1,4 +1,4 @@
--- Argo CD health check for imagecopy.dev/ImageCopy (kstatus conventions, API.md §1).
+-- Argo CD health check for imagecopy.dev/ImageCopy (kstatus conventions, docs/reference.md §3).
 -- Install: argocd-cm, key resource.customizations.health.imagecopy.dev_ImageCopy (docs/install.md).
 --   spec.suspend                         -> Suspended
 --   no status / observedGeneration -1 or

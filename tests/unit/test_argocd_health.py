@@ -2,7 +2,7 @@
 
 Argo CD evaluates health scripts with gopher-lua (Lua 5.1) and a global ``obj`` holding the
 resource; lupa's ``lua51`` runtime gives the same language. The inputs are the objects under
-``deploy/argocd/testdata/``, as the operator writes them (API.md §1 conditions, kstatus).
+``deploy/argocd/testdata/``, as the operator writes them (docs/reference.md §3 conditions, kstatus).
 """
 
 from __future__ import annotations
