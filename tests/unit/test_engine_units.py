@@ -8,18 +8,19 @@ import httpx
 import pytest
 
 from imagecopy.copy import BlobLocations, CopyReport, Outcome, human_bytes
-from imagecopy.copy.engine import _filter_platforms
+from imagecopy.copy.platforms import filter_platforms
 from imagecopy.oci import mediatypes as mt
-from imagecopy.oci.client import RegistryPool, TransportSettings
+from imagecopy.oci.pool import RegistryPool, TransportSettings
 from imagecopy.oci.descriptor import MAX_MANIFEST_BYTES, parse_manifest
 from imagecopy.oci.digest import DigestVerifier, compute_digest
 from imagecopy.oci.errors import (
     DigestMismatch,
+    Side,
     InvalidSpec,
     ManifestTooLarge,
     UnsupportedMediaType,
 )
-from imagecopy.oci.reference import Reference, parse_platform
+from imagecopy.oci.reference import Reference, Registry, parse_platform
 
 DIGEST = "sha256:" + "a" * 64
 
@@ -47,11 +48,9 @@ async def test_client_refuses_a_huge_manifest_before_reading_it_all() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, headers={"Content-Type": mt.OCI_MANIFEST}, content=huge)
 
-    pool = RegistryPool(TransportSettings())
-    await pool.http.aclose()
-    pool.http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    pool = RegistryPool(TransportSettings(), transport=httpx.MockTransport(handler))
     try:
-        repo = pool.session().repository(Reference.parse("r.example/a/b:1"))
+        repo = pool.session().repository(Reference.parse("r.example/a/b:1"), Side.SOURCE)
         with pytest.raises(ManifestTooLarge):
             await repo.get_manifest("1")
     finally:
@@ -65,11 +64,9 @@ async def test_client_verifies_manifest_bytes_against_the_digest() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, headers={"Content-Type": mt.OCI_MANIFEST}, content=body)
 
-    pool = RegistryPool(TransportSettings())
-    await pool.http.aclose()
-    pool.http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    pool = RegistryPool(TransportSettings(), transport=httpx.MockTransport(handler))
     try:
-        repo = pool.session().repository(Reference.parse("r.example/a/b:1"))
+        repo = pool.session().repository(Reference.parse("r.example/a/b:1"), Side.SOURCE)
         with pytest.raises(DigestMismatch):
             await repo.get_manifest(DIGEST, expected_digest=DIGEST)
         good = compute_digest(body)
@@ -172,15 +169,16 @@ def test_human_bytes(n: int, text: str) -> None:
 
 def test_blob_locations_are_newest_first_bounded_and_per_registry() -> None:
     loc = BlobLocations(max_blobs=2, max_repositories_per_blob=2)
-    loc.add("r1", "d1", "a")
-    loc.add("r1", "d1", "b")
-    loc.add("r1", "d1", "c")
-    assert loc.candidates("r1", "d1") == ["c", "b"]
-    assert loc.candidates("r2", "d1") == []
-    assert loc.candidates("r1", "d1", exclude=["c"]) == ["b"]
-    loc.add("r1", "d2", "a")
-    loc.add("r1", "d3", "a")
-    assert loc.candidates("r1", "d1") == []  # evicted: least recently seen
+    r1, r2 = Registry.parse("r1.example"), Registry.parse("r2.example")
+    loc.add(r1, "d1", "a")
+    loc.add(r1, "d1", "b")
+    loc.add(r1, "d1", "c")
+    assert loc.candidates(r1, "d1") == ["c", "b"]
+    assert loc.candidates(r2, "d1") == []
+    assert loc.candidates(r1, "d1", exclude=["c"]) == ["b"]
+    loc.add(r1, "d2", "a")
+    loc.add(r1, "d3", "a")
+    assert loc.candidates(r1, "d1") == []  # evicted: least recently seen
     assert len(loc) == 2
 
 
@@ -211,12 +209,12 @@ def test_platform_filter_keeps_attestations_of_kept_platforms() -> None:
         ],
     }
     manifest = parse_manifest(json.dumps(index).encode(), mt.OCI_INDEX, "i")
-    filtered = _filter_platforms(manifest, (parse_platform("linux/arm64"),), "src")
+    filtered = filter_platforms(manifest, (parse_platform("linux/arm64"),), "src")
     assert [d.digest for d in filtered.manifests] == [b, att_b]
     assert filtered.digest == compute_digest(filtered.data)
-    same = _filter_platforms(
+    same = filter_platforms(
         manifest, (parse_platform("linux/amd64"), parse_platform("linux/arm64")), "src"
     )
     assert same.data == manifest.data  # nothing dropped: source bytes kept
     with pytest.raises(InvalidSpec, match="linux/amd64"):
-        _filter_platforms(manifest, (parse_platform("linux/ppc64le"),), "src")
+        filter_platforms(manifest, (parse_platform("linux/ppc64le"),), "src")

@@ -19,13 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
+from imagecopy.oci.retry import Backoff, Jitter, RetryBudget, RetryPolicy, parse_retry_after
 from imagecopy.oci.transport import (
     STATS,
     CountingTransport,
     RequestStats,
-    RetryPolicy,
     RetryTransport,
-    parse_retry_after,
     request_is_replayable,
     stats_for,
 )
@@ -147,6 +146,7 @@ def retry_client(
     clock: float = 1_000_000.0,
     rng: random.Random | None = None,
     inner: httpx.AsyncBaseTransport | None = None,
+    budget: RetryBudget | None = None,
 ) -> httpx.AsyncClient:
     transport = RetryTransport(
         inner or CountingTransport(httpx.AsyncHTTPTransport()),
@@ -154,6 +154,7 @@ def retry_client(
         sleep=sleeps or Sleeps(),
         clock=lambda: clock,
         rng=rng,
+        find_budget=lambda _request: budget,
     )
     return httpx.AsyncClient(transport=transport, timeout=10)
 
@@ -204,7 +205,7 @@ async def test_after_the_last_attempt_the_last_response_is_returned(
 async def test_backoff_is_exponential_and_capped(server: ScriptedServer) -> None:
     server.script = [(503, {})] * 5
     sleeps = Sleeps()
-    policy = RetryPolicy(attempts=6, backoff_base=0.5, backoff_max=3.0)
+    policy = RetryPolicy(attempts=6, backoff=Backoff(base=0.5, cap=3.0))
     async with retry_client(policy, sleeps, rng=MaxRandom()) as client:
         await client.get(server.url + "/x")
     assert sleeps.calls == [0.5, 1.0, 2.0, 3.0, 3.0]
@@ -213,7 +214,7 @@ async def test_backoff_is_exponential_and_capped(server: ScriptedServer) -> None
 async def test_backoff_has_full_jitter(server: ScriptedServer) -> None:
     server.script = [(503, {})] * 4
     sleeps = Sleeps()
-    async with retry_client(sleeps=sleeps, rng=random.Random(7)) as client:
+    async with retry_client(RetryPolicy(attempts=5), sleeps, rng=random.Random(7)) as client:
         await client.get(server.url + "/x")
     ceilings = [0.2, 0.4, 0.8, 1.6]
     assert all(0 <= s <= c for s, c in zip(sleeps.calls, ceilings, strict=True))
@@ -246,7 +247,7 @@ async def test_retry_after_is_capped(server: ScriptedServer) -> None:
         (429, {"Retry-After": email.utils.formatdate(now + 86400, usegmt=True)}),
     ]
     sleeps = Sleeps()
-    policy = RetryPolicy(retry_after_max=30.0)
+    policy = RetryPolicy(backoff=Backoff(retry_after_max=30.0))
     async with retry_client(policy, sleeps, clock=now) as client:
         await client.get(server.url + "/x")
     assert sleeps.calls == [30.0, 30.0]
@@ -271,11 +272,38 @@ async def test_unreadable_retry_after_falls_back_to_backoff(server: ScriptedServ
         ("nan", None),
         ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
         ("not a date", None),
-        ("99999", 60.0),
+        ("99999", 99999.0),
+        ("inf", None),
+        ("9" * 100, None),
     ],
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
-    assert parse_retry_after(value, now=1_800_000_000.0, cap=60.0) == expected
+    assert parse_retry_after(value, now=1_800_000_000.0) == expected
+
+
+def test_backoff_caps_a_servers_retry_after() -> None:
+    assert Backoff(retry_after_max=60.0).delay(1, retry_after=99999.0) == 60.0
+
+
+def test_equal_jitter_never_waits_less_than_half_the_step() -> None:
+    backoff = Backoff(base=2.0, cap=60.0, jitter=Jitter.EQUAL)
+    rng = random.Random(3)
+    delays = [backoff.delay(n, rng) for n in range(1, 10)]
+    steps = [min(60.0, 2.0 * 2 ** (n - 1)) for n in range(1, 10)]
+    assert all(s / 2 <= d <= s for d, s in zip(delays, steps, strict=True))
+
+
+async def test_a_spent_budget_stops_retries_across_requests(server: ScriptedServer) -> None:
+    """Two requests of one copy share one budget of 3 retries: the first spends them all
+    (4 tries), the second gets one try only."""
+    server.script = [(503, {})] * 10
+    sleeps = Sleeps()
+    budget = RetryBudget(3)
+    async with retry_client(RetryPolicy(attempts=10), sleeps, budget=budget) as client:
+        assert (await client.get(server.url + "/a")).status_code == 503
+        assert (await client.get(server.url + "/b")).status_code == 503
+    assert [seen.path for seen in server.seen] == ["/a"] * 4 + ["/b"]
+    assert budget.remaining == 0 and budget.spent == 3
 
 
 async def test_streaming_bodies_are_never_retried(server: ScriptedServer) -> None:

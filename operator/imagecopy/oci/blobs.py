@@ -24,6 +24,7 @@ from .repository import MountRefusal, RepositoryClient, UploadSession
 
 __all__ = [
     "MAX_CHUNK_BYTES",
+    "RETRIED_HERE",
     "BlobOutcome",
     "BlobPlacement",
     "Content",
@@ -36,6 +37,11 @@ log = logging.getLogger("imagecopy.oci")
 
 #: The largest chunk the chunked fallback buffers, whatever a registry asks for.
 MAX_CHUNK_BYTES = 64 * 1024 * 1024
+
+#: Operations whose failure the transport cannot retry (a streamed body, or a response that
+#: broke after it began): only these start the transfer again. Everything else the
+#: transport already retried, so retrying here would multiply the tries.
+RETRIED_HERE = frozenset({"upload blob", "upload blob chunk", "read blob"})
 
 #: A fresh, verified stream of the blob's bytes (called once per transfer attempt).
 Content = Callable[[], AsyncIterator[bytes]]
@@ -128,8 +134,9 @@ async def _upload(
     options: UploadOptions,
     limits: Limits,
 ) -> None:
-    """Stream the blob into ``session`` (or a new one); a transfer the transport could not
-    retry (its body is a stream) is tried again while attempts and the budget last."""
+    """Stream the blob into ``session`` (or a new one); a transfer that failed where the
+    transport could not retry (``RETRIED_HERE``) is tried again while attempts and the
+    copy's budget last."""
     attempts = max(1, options.attempts)
     budget = repo.session.budget
     backoff = repo.session.settings.retry.backoff
@@ -152,7 +159,8 @@ async def _upload(
             except RegistryError as exc:
                 await repo.cancel_upload(session)
                 session = None
-                if not exc.retryable or attempt == attempts or not budget.spend():
+                retry = exc.retryable and exc.operation in RETRIED_HERE
+                if not retry or attempt == attempts or not budget.spend():
                     raise
                 log.info("retrying blob %s after: %s", desc.digest, exc)
         await asyncio.sleep(backoff.delay(attempt))

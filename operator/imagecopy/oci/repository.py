@@ -398,7 +398,7 @@ class RepositoryClient:
         except httpx.TransportError as exc:
             raise self._unreachable(
                 RegistryUnreachable,
-                "get blob",
+                "read blob",
                 f"reading blob {desc.digest} from {self.registry} failed: {_short(exc)}",
             ) from None
         try:
