@@ -1,6 +1,7 @@
 """Registry auth flow: challenges, scopes, token cache, realm checks.
 
-Most tests talk to real registries (distribution v3 with the in-process token issuer, 2.8.2
+Every flow gets its caches (``TokenCache``, ``ChallengeCache``) passed in, as the pool does;
+tests that share them between flows pin what a pool's copies may and may not share. Most tests talk to real registries (distribution v3 with the in-process token issuer, 2.8.2
 with htpasswd) and count what crossed the wire in the registry's access log and the issuer's
 request record. Token-service corners (no OAuth2 POST, ``access_token`` only, 5xx, 429,
 garbage) come from ``ScriptedTokens``, a real HTTP token server whose answers the test picks;
@@ -25,15 +26,22 @@ import httpx
 import pytest
 
 from imagecopy.oci.auth import (
+    MAX_TOKENS,
     SCOPES,
     Challenge,
+    ChallengeCache,
     RegistryAuth,
+    Token,
+    TokenCache,
+    TokenKey,
+    grants,
     merge_scopes,
     parse_www_authenticate,
     scopes_for_request,
 )
 from imagecopy.oci.credentials import ANONYMOUS, Credential
 from imagecopy.oci.errors import RateLimited, RegistryError, RegistryUnreachable, Unauthorized
+from imagecopy.oci.reference import Registry
 from tests.support.fixtures import (
     ADMIN_PASSWORD,
     ADMIN_USER,
@@ -60,6 +68,26 @@ class Clock:
         return self.now
 
 
+def make_auth(
+    registry: str,
+    credential: Credential,
+    *,
+    token_client: httpx.AsyncClient,
+    tokens: TokenCache | None = None,
+    challenges: ChallengeCache | None = None,
+    **kwargs: Any,
+) -> RegistryAuth:
+    """A flow with fresh caches unless the test shares some."""
+    return RegistryAuth(
+        Registry.parse(registry),
+        credential,
+        token_client=token_client,
+        tokens=tokens if tokens is not None else TokenCache(),
+        challenges=challenges if challenges is not None else ChallengeCache(),
+        **kwargs,
+    )
+
+
 @asynccontextmanager
 async def client_for(
     registry: RegistryServer,
@@ -69,7 +97,7 @@ async def client_for(
     **kwargs: Any,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, RegistryAuth]]:
     async with httpx.AsyncClient(timeout=10, verify=token_verify) as token_client:
-        auth = RegistryAuth(
+        auth = make_auth(
             registry.host, credential, token_client=token_client, scheme=registry.scheme, **kwargs
         )
         async with httpx.AsyncClient(
@@ -520,7 +548,7 @@ async def test_requests_to_other_hosts_pass_through_untouched(
 ) -> None:
     repo = unique_repo()
     async with httpx.AsyncClient() as token_client:
-        auth = RegistryAuth("127.0.0.1:1", ALICE, token_client=token_client, scheme="http")
+        auth = make_auth("127.0.0.1:1", ALICE, token_client=token_client, scheme="http")
         async with httpx.AsyncClient(base_url=registry_v3_token.url, auth=auth) as client:
             response = await head_blob(client, repo)
     assert response.status_code == 401
@@ -529,14 +557,14 @@ async def test_requests_to_other_hosts_pass_through_untouched(
 
 
 def test_sync_clients_are_refused() -> None:
-    auth = RegistryAuth("r.io", ALICE, token_client=httpx.AsyncClient())
+    auth = make_auth("r.io", ALICE, token_client=httpx.AsyncClient())
     with httpx.Client(auth=auth) as client, pytest.raises(RuntimeError, match="AsyncClient"):
         client.get("http://127.0.0.1:1/v2/")
 
 
 def test_repr_of_auth_never_shows_secrets() -> None:
     credential = Credential("u", "pass-XYZ", identity_token="id-XYZ", registry_token="reg-XYZ")
-    auth = RegistryAuth("r.io", credential, token_client=httpx.AsyncClient())
+    auth = make_auth("r.io", credential, token_client=httpx.AsyncClient())
     assert "XYZ" not in repr(auth)
     assert "r.io" in repr(auth)
 
@@ -651,7 +679,7 @@ async def test_realm_rules(registry: str, scheme: str, realm: str, allowed: bool
         return httpx.Response(200, json={"token": "tok"})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(token_answer)) as tokens:
-        auth = RegistryAuth(registry, ALICE, token_client=tokens, scheme=scheme)
+        auth = make_auth(registry, ALICE, token_client=tokens, scheme=scheme)
         async with httpx.AsyncClient(
             transport=httpx.MockTransport(registry_answer), auth=auth
         ) as client:
@@ -686,7 +714,7 @@ async def test_malformed_or_unusable_challenges_return_the_401() -> None:
             return httpx.Response(401, headers=[("WWW-Authenticate", h) for h in headers])
 
         async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as tokens:
-            auth = RegistryAuth("r.io", ALICE, token_client=tokens)
+            auth = make_auth("r.io", ALICE, token_client=tokens)
             async with httpx.AsyncClient(
                 transport=httpx.MockTransport(answer), auth=auth
             ) as client:
