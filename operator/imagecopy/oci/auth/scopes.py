@@ -85,6 +85,13 @@ def grants(scopes: Iterable[str]) -> frozenset[Grant]:
     return frozenset(out)
 
 
+def _registry_of(url: httpx.URL) -> Registry:
+    """The registry a URL names, from the host and port httpx has already parsed (a scope
+    names only the repository path, but a ``Repository`` belongs to a registry)."""
+    host = url.host.lower()
+    return Registry(f"[{host}]" if ":" in host else host, url.port)
+
+
 def scopes_for_request(request: httpx.Request) -> tuple[str, ...]:
     """The scopes a request needs: ``extensions[SCOPES]``, else inferred from its path.
 
@@ -103,9 +110,7 @@ def scopes_for_request(request: httpx.Request) -> tuple[str, ...]:
     end = max(positions)
     if end <= len("/v2/"):
         return ()
-    # The scope names only the repository path; the registry is the one the URL names
-    # (taken as the URL reports it: a scope never depends on it).
-    registry = Registry(request.url.host, request.url.port)
+    registry = _registry_of(request.url)
     actions = ("push", "pull") if request.method.upper() in _WRITE_METHODS else ("pull",)
     scopes = [Repository(registry, path[len("/v2/") : end]).scope(*actions)]
     mount_from = request.url.params.get("from")

@@ -112,7 +112,8 @@ class TokenCache:
     cover the key's (a ``push,pull`` token serves a ``pull`` request). Expired tokens of that
     registry and credential are dropped on every lookup; past ``max_entries`` the oldest
     tokens go first. Meant to be owned by one pool and shared by every ``RegistryAuth`` it
-    creates, inside one event loop.
+    creates, inside one event loop; those flows read one clock (``refresh_at`` and ``now``
+    are values of it).
     """
 
     def __init__(self, *, max_entries: int = MAX_TOKENS) -> None:
