@@ -1,6 +1,7 @@
 """Registry auth flow: challenges, scopes, token cache, realm checks.
 
-Most tests talk to real registries (distribution v3 with the in-process token issuer, 2.8.2
+Every flow gets its caches (``TokenCache``, ``ChallengeCache``) passed in, as the pool does;
+tests that share them between flows pin what a pool's copies may and may not share. Most tests talk to real registries (distribution v3 with the in-process token issuer, 2.8.2
 with htpasswd) and count what crossed the wire in the registry's access log and the issuer's
 request record. Token-service corners (no OAuth2 POST, ``access_token`` only, 5xx, 429,
 garbage) come from ``ScriptedTokens``, a real HTTP token server whose answers the test picks;
@@ -25,15 +26,22 @@ import httpx
 import pytest
 
 from imagecopy.oci.auth import (
+    MAX_TOKENS,
     SCOPES,
     Challenge,
+    ChallengeCache,
     RegistryAuth,
+    Token,
+    TokenCache,
+    TokenKey,
+    grants,
     merge_scopes,
     parse_www_authenticate,
     scopes_for_request,
 )
 from imagecopy.oci.credentials import ANONYMOUS, Credential
 from imagecopy.oci.errors import RateLimited, RegistryError, RegistryUnreachable, Unauthorized
+from imagecopy.oci.reference import Registry
 from tests.support.fixtures import (
     ADMIN_PASSWORD,
     ADMIN_USER,
@@ -60,6 +68,26 @@ class Clock:
         return self.now
 
 
+def make_auth(
+    registry: str,
+    credential: Credential,
+    *,
+    token_client: httpx.AsyncClient,
+    tokens: TokenCache | None = None,
+    challenges: ChallengeCache | None = None,
+    **kwargs: Any,
+) -> RegistryAuth:
+    """A flow with fresh caches unless the test shares some."""
+    return RegistryAuth(
+        Registry.parse(registry),
+        credential,
+        token_client=token_client,
+        tokens=tokens if tokens is not None else TokenCache(),
+        challenges=challenges if challenges is not None else ChallengeCache(),
+        **kwargs,
+    )
+
+
 @asynccontextmanager
 async def client_for(
     registry: RegistryServer,
@@ -69,7 +97,7 @@ async def client_for(
     **kwargs: Any,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, RegistryAuth]]:
     async with httpx.AsyncClient(timeout=10, verify=token_verify) as token_client:
-        auth = RegistryAuth(
+        auth = make_auth(
             registry.host, credential, token_client=token_client, scheme=registry.scheme, **kwargs
         )
         async with httpx.AsyncClient(
@@ -520,7 +548,7 @@ async def test_requests_to_other_hosts_pass_through_untouched(
 ) -> None:
     repo = unique_repo()
     async with httpx.AsyncClient() as token_client:
-        auth = RegistryAuth("127.0.0.1:1", ALICE, token_client=token_client, scheme="http")
+        auth = make_auth("127.0.0.1:1", ALICE, token_client=token_client, scheme="http")
         async with httpx.AsyncClient(base_url=registry_v3_token.url, auth=auth) as client:
             response = await head_blob(client, repo)
     assert response.status_code == 401
@@ -529,16 +557,200 @@ async def test_requests_to_other_hosts_pass_through_untouched(
 
 
 def test_sync_clients_are_refused() -> None:
-    auth = RegistryAuth("r.io", ALICE, token_client=httpx.AsyncClient())
+    auth = make_auth("r.io", ALICE, token_client=httpx.AsyncClient())
     with httpx.Client(auth=auth) as client, pytest.raises(RuntimeError, match="AsyncClient"):
         client.get("http://127.0.0.1:1/v2/")
 
 
 def test_repr_of_auth_never_shows_secrets() -> None:
     credential = Credential("u", "pass-XYZ", identity_token="id-XYZ", registry_token="reg-XYZ")
-    auth = RegistryAuth("r.io", credential, token_client=httpx.AsyncClient())
+    auth = make_auth("r.io", credential, token_client=httpx.AsyncClient())
     assert "XYZ" not in repr(auth)
     assert "r.io" in repr(auth)
+
+
+# --- caches shared between flows (as a pool shares them between copies) ----------------------
+
+
+def shared_caches() -> dict[str, Any]:
+    """Caches for ``client_for(..., **caches)``: one pool's, shared by its flows."""
+    return {"tokens": TokenCache(), "challenges": ChallengeCache()}
+
+
+def token_users_for(issuer: TokenIssuer, repo: str) -> list[str | None]:
+    """Who asked, in each recorded token request that names ``repo`` (None: anonymous)."""
+    return [
+        r.user for r in list(issuer.requests) if any(s.name == repo for s in r.scopes_requested)
+    ]
+
+
+async def test_two_flows_with_one_credential_share_the_token_and_the_challenge(
+    registry_v3_token: RegistryServer, token_issuer: TokenIssuer, unique_repo: UniqueRepo
+) -> None:
+    """The second flow (a later copy) pays neither a 401 nor a token request."""
+    repo = unique_repo()
+    caches = shared_caches()
+    async with client_for(registry_v3_token, ALICE, **caches) as (client, first):
+        assert (await head_blob(client, repo)).status_code == 404
+    mark = registry_v3_token.mark()
+    same = Credential(ADMIN_USER, ADMIN_PASSWORD)  # equal to ALICE, another object
+    async with client_for(registry_v3_token, same, **caches) as (client, second):
+        assert (await head_blob(client, repo)).status_code == 404
+    assert (first.token_requests, second.token_requests) == (1, 0)
+    assert log_for(registry_v3_token, mark, repo) == [("HEAD", 404)]
+    assert token_requests_for(token_issuer, repo) == [[f"repository:{repo}:pull"]]
+
+
+async def test_concurrent_flows_with_one_credential_fetch_one_token(
+    registry_v3_token: RegistryServer, token_issuer: TokenIssuer, unique_repo: UniqueRepo
+) -> None:
+    repo = unique_repo()
+    caches = shared_caches()
+    async with (
+        client_for(registry_v3_token, ALICE, **caches) as (one, a),
+        client_for(registry_v3_token, ALICE, **caches) as (two, b),
+    ):
+        responses = await asyncio.gather(*(head_blob(c, repo) for c in [one, two] * 10))
+    assert {r.status_code for r in responses} == {404}
+    assert a.token_requests + b.token_requests == 1
+    assert len(token_requests_for(token_issuer, repo)) == 1
+
+
+async def test_a_token_is_never_served_to_another_credential(
+    registry_v3_token: RegistryServer, token_issuer: TokenIssuer, unique_repo: UniqueRepo
+) -> None:
+    """ALICE's push token is cached when READER, sharing the caches, asks to push: READER
+    fetches its own token and is refused (with ALICE's the upload would have started)."""
+    repo = unique_repo()
+    caches = shared_caches()
+    async with client_for(registry_v3_token, ALICE, **caches) as (client, alice):
+        started = await client.post(f"/v2/{repo}/blobs/uploads/", extensions=push(repo))
+        assert started.status_code == 202
+    mark = registry_v3_token.mark()
+    async with client_for(registry_v3_token, READER, **caches) as (client, reader):
+        refused = await client.post(f"/v2/{repo}/blobs/uploads/", extensions=push(repo))
+        pulled = await head_blob(client, repo)
+    assert refused.status_code == 401
+    assert pulled.status_code == 404  # READER's own token (asked for push,pull) holds pull
+    assert alice.token_requests == 1
+    assert reader.token_requests == 2  # one up front, one fresh after the 401
+    assert log_for(registry_v3_token, mark, repo) == [("POST", 401), ("POST", 401), ("HEAD", 404)]
+    assert token_users_for(token_issuer, repo) == [ADMIN_USER, READER_USER, READER_USER]
+
+
+async def test_a_wrong_password_is_not_rescued_by_a_cached_token(
+    registry_v3_token: RegistryServer, unique_repo: UniqueRepo
+) -> None:
+    repo = unique_repo()
+    caches = shared_caches()
+    async with client_for(registry_v3_token, **caches) as (client, _):
+        assert (await head_blob(client, repo)).status_code == 404
+    wrong = Credential(ADMIN_USER, "not-" + ADMIN_PASSWORD)
+    async with client_for(registry_v3_token, wrong, **caches) as (client, auth):
+        with pytest.raises(Unauthorized, match="rejected the credentials"):
+            await head_blob(client, repo)
+    assert auth.token_requests == 1
+
+
+async def test_anonymous_and_authenticated_flows_never_share_tokens(
+    registry_v3_token: RegistryServer, token_issuer: TokenIssuer, unique_repo: UniqueRepo
+) -> None:
+    """In both orders: an anonymous token would make ALICE's HEAD a 401, ALICE's token would
+    make the anonymous HEAD a 404."""
+    repo = unique_repo()
+    caches = shared_caches()
+    statuses: list[int] = []
+    for credential in (ANONYMOUS, ALICE, ANONYMOUS):
+        async with client_for(registry_v3_token, credential, **caches) as (client, _):
+            statuses.append((await head_blob(client, repo)).status_code)
+    assert statuses == [401, 404, 401]
+    # The second anonymous flow sends the first one's cached anonymous token; refused, it
+    # fetches a fresh one, anonymously again.
+    assert token_users_for(token_issuer, repo) == [None, ADMIN_USER, None]
+
+
+def test_token_cache_lookup_never_crosses_registries_or_credentials() -> None:
+    registry = Registry.parse("r.io")
+    pull_a = grants(["repository:a:pull"])
+    token = Token("tok", grants(["repository:a:push,pull"]), refresh_at=100.0)
+    cache = TokenCache()
+    cache.store(TokenKey(registry, ALICE.cache_key, token.grants), token)
+    assert cache.lookup(TokenKey(registry, ALICE.cache_key, pull_a), now=0.0) is token
+    same = Credential(ADMIN_USER, ADMIN_PASSWORD).cache_key
+    assert cache.lookup(TokenKey(registry, same, pull_a), now=0.0) is token
+    for other in (
+        TokenKey(registry, READER.cache_key, pull_a),
+        TokenKey(registry, ANONYMOUS.cache_key, pull_a),
+        TokenKey(registry, Credential(ADMIN_USER).cache_key, pull_a),
+        TokenKey(Registry.parse("r.io:5000"), ALICE.cache_key, pull_a),
+        TokenKey(registry, ALICE.cache_key, grants(["repository:b:pull"])),
+    ):
+        assert cache.lookup(other, now=0.0) is None, other
+
+
+def test_token_cache_drops_expired_tokens_and_keeps_the_newest_max_entries() -> None:
+    registry = Registry.parse("r.io")
+
+    def key(n: int, credential: Credential = ALICE) -> TokenKey:
+        return TokenKey(registry, credential.cache_key, grants([f"repository:r{n}:pull"]))
+
+    cache = TokenCache(max_entries=3)
+    stored = [Token(f"t{n}", key(n).grants, refresh_at=100.0 + n) for n in range(4)]
+    for n, token in enumerate(stored):
+        cache.store(key(n), token)
+    cache.store(key(4, READER), Token("r4", key(4).grants, refresh_at=200.0))
+    assert len(cache) == 3  # oldest first, whoever's they were
+    assert [cache.lookup(key(n), now=0.0) for n in range(4)] == [None, None, *stored[2:]]
+    assert cache.lookup(key(4, READER), now=0.0) is not None
+    assert cache.lookup(key(3), now=102.0) is stored[3]
+    assert len(cache) == 2  # ALICE's t2 expired at 102 and went on that access
+    assert cache.lookup(key(3), now=103.0) is None
+    assert len(cache) == 1
+    assert f"max_entries={MAX_TOKENS}" in repr(TokenCache()) and MAX_TOKENS == 4096
+
+
+def test_token_cache_discard_forgets_only_the_token_it_is_given() -> None:
+    registry = Registry.parse("r.io")
+    key = TokenKey(registry, ALICE.cache_key, grants(["repository:a:pull"]))
+    old, new = (Token(v, key.grants, refresh_at=100.0) for v in ("old", "new"))
+    cache = TokenCache()
+    cache.store(key, old)
+    cache.store(key, new)  # replaces the token for the same grants
+    assert len(cache) == 1
+    cache.discard(key, old)  # a stale rejection must not drop the fresh token
+    assert cache.lookup(key, now=0.0) is new
+    cache.discard(TokenKey(registry, READER.cache_key, key.grants), new)
+    assert cache.lookup(key, now=0.0) is new
+    cache.discard(key, new)
+    assert cache.lookup(key, now=0.0) is None and len(cache) == 0
+
+
+def test_challenge_cache_remembers_per_registry_and_is_bounded() -> None:
+    a, b, c = (Registry.parse(host) for host in ("a.io", "b.io:5000", "c.io"))
+    basic, bearer = Challenge("basic"), Challenge("bearer", {"realm": "https://t/token"})
+    cache = ChallengeCache(max_entries=2)
+    cache.remember(a, basic)
+    cache.remember(b, basic)
+    cache.remember(a, bearer)  # re-learning refreshes a
+    cache.remember(c, basic)
+    assert (cache.get(a), cache.get(b), cache.get(c)) == (bearer, None, basic)
+    assert cache.get(Registry.parse("b.io")) is None and len(cache) == 2
+
+
+def test_cache_keys_and_caches_never_show_secrets() -> None:
+    credential = Credential("u", "pass-XYZ", identity_token="id-XYZ", registry_token="reg-XYZ")
+    key = TokenKey(Registry.parse("r.io"), credential.cache_key, grants(["repository:a:pull"]))
+    token = Token("tok-XYZ", key.grants, refresh_at=1.0)
+    tokens = TokenCache()
+    tokens.store(key, token)
+    for text in (repr(credential.cache_key), str(credential.cache_key), repr(key), str(key)):
+        assert "XYZ" not in text and "pass" not in text
+    assert "XYZ" not in repr(token) and "XYZ" not in repr(tokens)
+
+
+def test_only_http_and_https_are_registry_schemes() -> None:
+    with pytest.raises(ValueError, match="http or https"):
+        make_auth("r.io", ALICE, token_client=httpx.AsyncClient(), scheme="ftp")
 
 
 # --- basic auth ------------------------------------------------------------------------------
@@ -651,7 +863,7 @@ async def test_realm_rules(registry: str, scheme: str, realm: str, allowed: bool
         return httpx.Response(200, json={"token": "tok"})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(token_answer)) as tokens:
-        auth = RegistryAuth(registry, ALICE, token_client=tokens, scheme=scheme)
+        auth = make_auth(registry, ALICE, token_client=tokens, scheme=scheme)
         async with httpx.AsyncClient(
             transport=httpx.MockTransport(registry_answer), auth=auth
         ) as client:
@@ -686,7 +898,7 @@ async def test_malformed_or_unusable_challenges_return_the_401() -> None:
             return httpx.Response(401, headers=[("WWW-Authenticate", h) for h in headers])
 
         async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as tokens:
-            auth = RegistryAuth("r.io", ALICE, token_client=tokens)
+            auth = make_auth("r.io", ALICE, token_client=tokens)
             async with httpx.AsyncClient(
                 transport=httpx.MockTransport(answer), auth=auth
             ) as client:
@@ -895,6 +1107,8 @@ async def test_token_service_failures_map_to_errors(
             await head_blob(client, unique_repo())
     assert ADMIN_PASSWORD not in str(info.value)
     assert isinstance(info.value, RegistryError) and info.value.status == status
+    assert info.value.operation == "token request"
+    assert info.value.registry == registry.host
 
 
 async def test_anonymous_rejection_says_so(

@@ -15,7 +15,7 @@ from imagecopy.oci.credentials import (
     normalize_registry_key,
 )
 from imagecopy.oci.errors import SecretInvalid
-from imagecopy.oci.reference import DOCKER_HUB
+from imagecopy.oci.reference import DOCKER_HUB, Reference, Registry
 from tests.support.registry import RegistryServer
 
 SECRET = "hunter2-s3cr3t"
@@ -176,6 +176,53 @@ def test_repr_and_str_never_show_secrets() -> None:
     assert "alice" in repr(cred)
     assert "password=<set>" in repr(cred)
     assert repr(ANONYMOUS) == "Credential(username='')"
+
+
+def test_cache_key_names_a_credential_without_holding_it() -> None:
+    cred = Credential("alice", SECRET, identity_token=SECRET + "i", registry_token=SECRET + "r")
+    key = cred.cache_key
+    twin = Credential("alice", SECRET, identity_token=SECRET + "i", registry_token=SECRET + "r")
+    assert key == twin.cache_key and hash(key) == hash(twin.cache_key)
+    for text in (repr(key), str(key), f"{key}", key.fingerprint):
+        assert SECRET not in text
+        assert b64(SECRET) not in text
+    assert repr(key).startswith("CredentialKey(") and key.fingerprint not in repr(key)
+
+
+def test_cache_keys_differ_whenever_any_field_differs() -> None:
+    variants = [
+        ANONYMOUS,
+        Credential("alice"),
+        Credential("alice", SECRET),
+        Credential("alice", SECRET + "x"),
+        Credential("bob", SECRET),
+        Credential(password=SECRET),
+        Credential(identity_token=SECRET),
+        Credential(registry_token=SECRET),
+        Credential("alice", SECRET, identity_token=SECRET),
+        # Field boundaries count: neither joins to the same text as the other.
+        Credential("a:b", "c"),
+        Credential("a", "b:c"),
+    ]
+    assert len({c.cache_key for c in variants}) == len(variants)
+    assert Credential().cache_key == ANONYMOUS.cache_key
+
+
+def test_get_accepts_a_registry_value() -> None:
+    store = CredentialStore.from_docker_config(
+        {
+            "auths": {
+                "https://index.docker.io/v1/": {"auth": b64("bob:pw")},
+                "LocalHost:5000": {"auth": b64("loc:pw")},
+            }
+        }
+    )
+    assert store.get(Registry.parse("docker.io")).username == "bob"
+    assert store.get(Reference.parse("nginx").registry).username == "bob"
+    assert store.get(Registry.parse("localhost:5000")).username == "loc"
+    assert store.get(Registry.parse("localhost")) is ANONYMOUS
+    assert Registry.parse("localhost:5000") in store and Registry.parse("r.io") not in store
+    assert 5000 not in store
 
 
 def test_merged_prefers_self_per_registry() -> None:

@@ -9,6 +9,7 @@ from imagecopy.oci.reference import (
     DOCKER_HUB,
     Platform,
     Reference,
+    Registry,
     normalize_registry,
     parse_digest,
     parse_platform,
@@ -52,7 +53,7 @@ def test_parse_accepts_and_normalises(
     text: str, registry: str, repository: str, tag: str | None, digest: str | None
 ) -> None:
     ref = Reference.parse(text)
-    assert (ref.registry, ref.repository, ref.tag, ref.digest) == (
+    assert (str(ref.registry), ref.repository, ref.tag, ref.digest) == (
         registry,
         repository,
         tag,
@@ -141,8 +142,8 @@ def test_pinned_needs_a_digest() -> None:
 
 def test_with_tag_drops_digest_and_with_digest_drops_tag() -> None:
     ref = Reference.parse(f"r.io/web:v1@{SHA256}")
-    assert ref.with_tag("stable") == Reference("r.io", "web", tag="stable")
-    assert ref.with_digest(SHA512) == Reference("r.io", "web", digest=SHA512)
+    assert ref.with_tag("stable") == Reference(Registry("r.io"), "web", tag="stable")
+    assert ref.with_digest(SHA512) == Reference(Registry("r.io"), "web", digest=SHA512)
     with pytest.raises(InvalidReference):
         ref.with_tag("bad tag")
     with pytest.raises(InvalidReference):

@@ -1,6 +1,7 @@
 """Registry credentials and the Docker config files they come from.
 
-This module owns ``Credential`` (what one registry login holds, never shown by ``repr``) and
+This module owns ``Credential`` (what one registry login holds, never shown by ``repr``), its
+``CredentialKey`` (a fingerprint that names it in caches without holding it) and
 ``CredentialStore`` (credentials by normalised registry, read from a Docker ``config.json``, a
 legacy ``.dockercfg`` or the equivalent Kubernetes Secret payloads).
 
@@ -14,19 +15,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import os
+import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from imagecopy.oci.errors import InvalidReference, SecretInvalid
-from imagecopy.oci.reference import DOCKER_HUB, DOCKER_HUB_ALIASES, normalize_registry
+from imagecopy.oci.reference import DOCKER_HUB, DOCKER_HUB_ALIASES, Registry, normalize_registry
 
 __all__ = [
     "ANONYMOUS",
     "Credential",
+    "CredentialKey",
     "CredentialStore",
     "normalize_registry_key",
 ]
@@ -50,6 +55,23 @@ _CONFIG_JSON_KEYS = frozenset(
     }
 )
 
+# Drawn once per process: a fingerprint means something only inside the process that made it,
+# so one that reaches a log or a core dump cannot be used to test password guesses offline.
+_FINGERPRINT_KEY = secrets.token_bytes(32)
+
+
+@dataclass(frozen=True)
+class CredentialKey:
+    """Names one credential in a cache (tokens are never shared between two of them) without
+    holding it: a keyed SHA-256 over every field, secrets included."""
+
+    fingerprint: str
+
+    def __repr__(self) -> str:
+        return f"CredentialKey({self.fingerprint[:12]})"
+
+    __str__ = __repr__
+
 
 @dataclass(frozen=True, repr=False)
 class Credential:
@@ -65,6 +87,16 @@ class Credential:
     @property
     def anonymous(self) -> bool:
         return not (self.username or self.password or self.identity_token or self.registry_token)
+
+    @property
+    def cache_key(self) -> CredentialKey:
+        """This credential's identity for caches: equal for equal credentials, different when
+        any field differs (anonymous included), and not reversible to the secrets."""
+        # JSON keeps field boundaries: ("a:b", "") and ("a", ":b") must not collide.
+        fields = json.dumps(
+            [self.username, self.password, self.identity_token, self.registry_token]
+        ).encode()
+        return CredentialKey(hmac.new(_FINGERPRINT_KEY, fields, hashlib.sha256).hexdigest())
 
     def __repr__(self) -> str:
         parts = [f"username={self.username!r}"]
@@ -98,6 +130,11 @@ def normalize_registry_key(key: str) -> str:
     except InvalidReference:
         lowered_host = host.lower()
         return DOCKER_HUB if lowered_host in DOCKER_HUB_ALIASES else lowered_host
+
+
+def _key(registry: Registry | str) -> str:
+    # A Registry is normalised already: its text is the store's key.
+    return str(registry) if isinstance(registry, Registry) else normalize_registry_key(registry)
 
 
 def _string_field(entry: Mapping[str, Any], name: str, registry: str) -> str:
@@ -226,9 +263,9 @@ class CredentialStore:
         except SecretInvalid as exc:
             raise SecretInvalid(f"{exc.message} (in {str(file)!r})") from None
 
-    def get(self, registry: str) -> Credential:
-        """The credential for ``registry`` (any spelling), or ``ANONYMOUS``."""
-        return self._credentials.get(normalize_registry_key(registry), ANONYMOUS)
+    def get(self, registry: Registry | str) -> Credential:
+        """The credential for ``registry`` (a ``Registry`` or any spelling), or ``ANONYMOUS``."""
+        return self._credentials.get(_key(registry), ANONYMOUS)
 
     def merged(self, fallback: CredentialStore) -> CredentialStore:
         """A store holding this store's entries and, for other registries, ``fallback``'s."""
@@ -246,7 +283,9 @@ class CredentialStore:
         return iter(self.registries())
 
     def __contains__(self, registry: object) -> bool:
-        return isinstance(registry, str) and normalize_registry_key(registry) in self._credentials
+        if not isinstance(registry, Registry | str):
+            return False
+        return _key(registry) in self._credentials
 
     def __repr__(self) -> str:
         return f"CredentialStore(registries={self.registries()!r})"
