@@ -19,6 +19,7 @@ from . import __version__
 
 if TYPE_CHECKING:
     from .copy.options import CopyOptions
+    from .oci.errors import ImageCopyError
     from .copy.report import CopyReport
     from .oci.blobs import BlobOutcome
     from .oci.credentials import CredentialStore
@@ -141,10 +142,10 @@ def _copy_command(args: argparse.Namespace) -> int:
             destination.registry.repository(repo)
         credentials = CredentialStore.load(args.docker_config)
     except (InvalidReference, InvalidSpec) as exc:
-        print(f"imagecopy: {exc.label}: {exc}", file=sys.stderr)
+        print(f"imagecopy: {_label(exc)}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ImageCopyError as exc:
-        print(f"imagecopy: {exc.label}: {exc}", file=sys.stderr)
+        print(f"imagecopy: {_label(exc)}: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
     renderer = None if args.quiet else _Renderer(sys.stderr, json_mode=args.json)
@@ -166,7 +167,7 @@ def _copy_command(args: argparse.Namespace) -> int:
     except ImageCopyError as exc:
         if renderer:
             renderer.stop()
-        print(f"imagecopy: {exc.label}: {exc}", file=sys.stderr)
+        print(f"imagecopy: {_label(exc)}: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, InvalidSpec | InvalidReference) else EXIT_FAILED
     except KeyboardInterrupt:
         if renderer:
@@ -200,6 +201,16 @@ async def _run_copy(
     )
     async with RegistryPool(settings) as pool:
         return await Copier(pool).copy(source, destination, options, credentials)
+
+
+def _label(exc: ImageCopyError) -> str:
+    """What kind of failure, for the one stderr line: a registry error names its side
+    when that tells more (``source not found``)."""
+    from .oci.errors import NotFound, RegistryError
+
+    if isinstance(exc, NotFound) and isinstance(exc, RegistryError) and exc.side is not None:
+        return f"{exc.side.value} {exc.label}"
+    return exc.label
 
 
 class _Renderer:

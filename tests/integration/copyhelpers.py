@@ -8,13 +8,13 @@ from pathlib import Path
 
 from imagecopy.copy import Copier, CopyOptions, CopyReport
 from imagecopy.copy.locations import BlobLocations
-from imagecopy.oci.client import RegistryPool, TransportSettings
 from imagecopy.oci.credentials import CredentialStore
+from imagecopy.oci.pool import RegistryPool, TransportSettings
 from imagecopy.oci.reference import Reference
-from imagecopy.oci.transport import RetryPolicy
+from imagecopy.oci.retry import Backoff, RetryPolicy
 from tests.support.registry import RegistryServer
 
-FAST_RETRY = RetryPolicy(attempts=3, backoff_base=0.05, backoff_max=0.2, retry_after_max=2.0)
+FAST_RETRY = RetryPolicy(attempts=3, backoff=Backoff(base=0.05, cap=0.2, retry_after_max=2.0))
 
 
 def repo(prefix: str = "t") -> str:

@@ -8,12 +8,13 @@ from collections import Counter
 import pytest
 
 from imagecopy.copy import BlobLocations, CopyOptions, Outcome, TagPolicy
-from imagecopy.copy.options import BlobOutcome
+from imagecopy.oci.blobs import BlobOutcome
 from imagecopy.oci.descriptor import Descriptor
 from imagecopy.oci.errors import (
     DigestMismatch,
     InvalidSpec,
-    SourceNotFound,
+    NotFound,
+    Side,
     TagConflict,
     TLSError,
     Unauthorized,
@@ -344,7 +345,8 @@ async def test_tls_registry_needs_its_ca(
 
 
 async def test_missing_source_is_a_clear_error(registry_v2: RegistryServer) -> None:
-    with pytest.raises(SourceNotFound, match="not found"):
+    with pytest.raises(NotFound, match="not found") as caught:
         await copy(
             f"{registry_v2.host}/{repo('nope')}:1", f"{registry_v2.host}/{repo('x')}:1", registry_v2
         )
+    assert caught.value.side is Side.SOURCE

@@ -9,9 +9,9 @@ import pytest
 
 from bench.netproxy import NetProxy
 from imagecopy.copy import CopyOptions
-from imagecopy.oci.client import TransportSettings
 from imagecopy.oci.errors import RateLimited
-from imagecopy.oci.transport import RetryPolicy
+from imagecopy.oci.pool import TransportSettings
+from imagecopy.oci.retry import Backoff, RetryPolicy
 from tests.integration.copyhelpers import copy, repo
 from tests.support import images
 from tests.support.peers import crane_digest
@@ -25,7 +25,9 @@ ProxyFactory = Callable[..., NetProxy]
 def _settings(proxy: NetProxy, attempts: int = 3) -> TransportSettings:
     return TransportSettings(
         plain_http=frozenset({proxy.address}),
-        retry=RetryPolicy(attempts=attempts, backoff_base=0.05, backoff_max=0.2, retry_after_max=3),
+        retry=RetryPolicy(
+            attempts=attempts, backoff=Backoff(base=0.05, cap=0.2, retry_after_max=3)
+        ),
     )
 
 
@@ -93,7 +95,7 @@ async def test_http_date_retry_after_and_giving_up_is_rate_limited(
             registry_v2,
             settings=_settings(proxy, attempts=3),
         )
-    assert err.value.transient
+    assert err.value.retryable
     assert proxy.stats.count(method="GET", path="/manifests/") == 3
 
 
@@ -106,7 +108,7 @@ async def test_503_on_a_blob_upload_is_retried_and_the_copy_completes(
     dst_repo = repo("mirror")
     settings = TransportSettings(
         plain_http=frozenset({proxy.address, registry_v2.host}),
-        retry=RetryPolicy(attempts=2, backoff_base=0.05, backoff_max=0.1),
+        retry=RetryPolicy(attempts=2, backoff=Backoff(base=0.05, cap=0.1)),
     )
     report = await copy(
         src.ref,
@@ -128,7 +130,7 @@ async def test_connection_reset_mid_copy_then_rerun_resumes(
     dst_repo = repo("mirror")
     settings = TransportSettings(
         plain_http=frozenset({proxy.address, registry_v2.host}),
-        retry=RetryPolicy(attempts=2, backoff_base=0.05, backoff_max=0.1),
+        retry=RetryPolicy(attempts=2, backoff=Backoff(base=0.05, cap=0.1)),
     )
     with pytest.raises(Exception, match=r"connection|failed|reset"):
         await copy(src.ref, f"{proxy.address}/{dst_repo}:1", registry_v2, settings=settings)

@@ -10,16 +10,16 @@ import pytest
 from imagecopy.copy import BlobLocations, CopyReport, Outcome, human_bytes
 from imagecopy.copy.platforms import filter_platforms
 from imagecopy.oci import mediatypes as mt
-from imagecopy.oci.pool import RegistryPool, TransportSettings
 from imagecopy.oci.descriptor import MAX_MANIFEST_BYTES, parse_manifest
 from imagecopy.oci.digest import DigestVerifier, compute_digest
 from imagecopy.oci.errors import (
     DigestMismatch,
-    Side,
     InvalidSpec,
     ManifestTooLarge,
+    Side,
     UnsupportedMediaType,
 )
+from imagecopy.oci.pool import RegistryPool, TransportSettings
 from imagecopy.oci.reference import Reference, Registry, parse_platform
 
 DIGEST = "sha256:" + "a" * 64
