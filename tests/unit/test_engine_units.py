@@ -98,6 +98,9 @@ def test_manifest_without_media_type_is_inferred_and_foreign_layers_flagged() ->
     manifest = parse_manifest(body, None, "m")
     assert manifest.media_type == mt.OCI_MANIFEST
     assert manifest.blobs[1].foreign and not manifest.blobs[0].foreign
+    # Served as plain JSON (some registries do for OCI manifests without mediaType): the
+    # shape decides, not the Content-Type.
+    assert parse_manifest(body, "application/json", "m").media_type == mt.OCI_MANIFEST
 
 
 def test_digest_verifier_checks_size_and_content() -> None:

@@ -123,4 +123,4 @@ class Copier:
 
 def _pin(report: CopyReport, dst: Reference, digest: str) -> None:
     report.destination_digest = digest
-    report.destination_pinned = f"{dst.repo}@{digest}"
+    report.destination_pinned = dst.with_digest(digest).pinned

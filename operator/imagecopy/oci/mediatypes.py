@@ -11,7 +11,6 @@ __all__ = [
     "DOCKER_SCHEMA1_SIGNED",
     "INDEX_TYPES",
     "MANIFEST_TYPES",
-    "OCI_EMPTY",
     "OCI_INDEX",
     "OCI_MANIFEST",
     "is_index",
@@ -22,7 +21,6 @@ __all__ = [
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
@@ -55,7 +53,9 @@ def is_manifest(media_type: str) -> bool:
 
 
 def is_schema1(media_type: str) -> bool:
-    return media_type in (DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED, "application/json")
+    """Schema1 by media type; a body served as ``application/json`` is schema1 only when
+    its ``schemaVersion`` says 1 (``descriptor.parse_manifest`` checks that)."""
+    return media_type in (DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED)
 
 
 def is_non_distributable(media_type: str) -> bool:

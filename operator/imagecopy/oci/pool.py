@@ -191,10 +191,6 @@ class Session:
             self._auth[registry] = auth
         return auth
 
-    def token_requests(self) -> int:
-        """Token requests this session's auth flows made (for tests and diagnostics)."""
-        return sum(auth.token_requests for auth in self._auth.values())
-
     def repository(
         self, ref: Reference, side: Side, scopes: Sequence[str] | None = None
     ) -> RepositoryClient:
