@@ -19,11 +19,11 @@ from . import __version__
 
 if TYPE_CHECKING:
     from .copy.options import CopyOptions
-    from .oci.errors import ImageCopyError
     from .copy.report import CopyReport
     from .oci.blobs import BlobOutcome
     from .oci.credentials import CredentialStore
     from .oci.descriptor import Descriptor
+    from .oci.errors import ImageCopyError
     from .oci.reference import Reference
 
 __all__ = ["main"]

@@ -10,21 +10,29 @@ credentials, request counter and retry budget to the pool and hands out
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Sequence
-from contextvars import ContextVar, Token
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextvars import ContextVar
 
 import httpx
 
-from .auth import ChallengeCache, RegistryAuth, TokenCache
+from .auth import SCOPES, ChallengeCache, RegistryAuth, TokenCache
 from .connections import PoolTransport
 from .credentials import CredentialStore
 from .errors import Side
 from .netguard import NetworkGuardTransport, parse_networks
 from .reference import Reference, Registry
 from .repository import RepositoryClient
-from .retry import RetryBudget, RetryPolicy
-from .transport import CountingTransport, RequestStats, RetryTransport, budget_for, stats_for
+from .retry import RetryBudget
+from .transport import (
+    BUDGET,
+    STATS,
+    CountingTransport,
+    RequestStats,
+    RetryTransport,
+    TransportSettings,
+    budget_for,
+    stats_for,
+)
 
 __all__ = ["RegistryPool", "RequestListener", "Session", "TransportSettings"]
 
@@ -32,32 +40,6 @@ USER_AGENT = "imagecopy/0.1"
 
 #: Called with ``(registry, method, code)`` for every request, e.g. a Prometheus counter.
 RequestListener = Callable[[str, str, str], None]
-
-
-@dataclass(frozen=True)
-class TransportSettings:
-    """How to reach registries: schemes, TLS trust, retries, limits. Read once at start.
-
-    ``plain_http`` and ``insecure`` list ``host`` or ``host:port`` entries; an entry without
-    a port covers every port of the host.
-    """
-
-    plain_http: frozenset[str] = frozenset()
-    insecure: frozenset[str] = frozenset()
-    ca_file: str | None = None
-    blocked_networks: tuple[str, ...] = ()
-    timeout: float = 60.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    #: Small on purpose: httpcore scans every pooled connection on each request, so a big
-    #: pool costs CPU per request; 16 covers 8 parallel GET→PUT streams.
-    max_connections: int = 16
-    http2: bool = False
-
-    def scheme(self, registry: Registry) -> str:
-        return "http" if registry.listed_in(self.plain_http) else "https"
-
-    def is_insecure(self, registry: Registry) -> bool:
-        return registry.listed_in(self.insecure) or registry.listed_in(self.plain_http)
 
 
 def _unverified_context() -> ssl.SSLContext:
@@ -191,16 +173,51 @@ class Session:
             self._auth[registry] = auth
         return auth
 
+    def request(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        scopes: tuple[str, ...],
+        headers: Mapping[str, str] | None = None,
+        content: bytes | AsyncIterator[bytes] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> httpx.Request:
+        """A request of this copy: counted in its stats, retried from its budget, its token
+        asking for ``scopes``."""
+        return self.pool.http.build_request(
+            method,
+            url,
+            headers=headers,
+            content=content,
+            params=params,
+            extensions={SCOPES: scopes, STATS: self.stats, BUDGET: self.budget},
+        )
+
+    async def send(
+        self,
+        request: httpx.Request,
+        registry: Registry,
+        *,
+        stream: bool = False,
+        follow_redirects: bool = False,
+    ) -> httpx.Response:
+        """Send ``request`` with ``registry``'s auth; token requests the auth flow makes on
+        the way count for this copy too."""
+        entered = _CURRENT.set(self)
+        try:
+            return await self.pool.http.send(
+                request,
+                auth=self.auth(registry),
+                stream=stream,
+                follow_redirects=follow_redirects,
+            )
+        finally:
+            _CURRENT.reset(entered)
+
     def repository(
         self, ref: Reference, side: Side, scopes: Sequence[str] | None = None
     ) -> RepositoryClient:
         """A client for ``ref``'s repository. ``scopes`` (built with ``Repository.scope``)
         are what its token asks for; default: pull on the repository itself."""
         return RepositoryClient(self, ref.repo, side, tuple(scopes or (ref.scope("pull"),)))
-
-    def enter(self) -> Token[Session | None]:
-        """Mark the running task as working for this session (see ``leave``)."""
-        return _CURRENT.set(self)
-
-    def leave(self, token: Token[Session | None]) -> None:
-        _CURRENT.reset(token)

@@ -14,12 +14,11 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httpx
 
 from . import mediatypes as mt
-from .auth import SCOPES
 from .descriptor import MAX_MANIFEST_BYTES, Descriptor, Manifest, parse_manifest
 from .digest import DigestVerifier, compute_digest, verify_bytes
 from .errors import (
@@ -35,11 +34,9 @@ from .errors import (
     TLSError,
     Unauthorized,
 )
-from .reference import Repository
-from .transport import BUDGET, STATS
-
-if TYPE_CHECKING:
-    from .pool import Session
+from .reference import Registry, Repository
+from .retry import RetryBudget
+from .transport import TransportSettings
 
 __all__ = [
     "ManifestInfo",
@@ -123,11 +120,41 @@ def registry_error_codes(response: httpx.Response) -> list[tuple[str, str]]:
     return pairs
 
 
+class Channel(Protocol):
+    """What a repository client sends through: one copy's session (``oci.pool.Session``)."""
+
+    @property
+    def settings(self) -> TransportSettings: ...
+
+    @property
+    def budget(self) -> RetryBudget: ...
+
+    def request(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        scopes: tuple[str, ...],
+        headers: Mapping[str, str] | None = None,
+        content: bytes | AsyncIterator[bytes] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> httpx.Request: ...
+
+    async def send(
+        self,
+        request: httpx.Request,
+        registry: Registry,
+        *,
+        stream: bool = False,
+        follow_redirects: bool = False,
+    ) -> httpx.Response: ...
+
+
 class RepositoryClient:
     """Distribution API calls on one repository, on one side of a copy, through a session."""
 
     def __init__(
-        self, session: Session, repository: Repository, side: Side, scopes: tuple[str, ...]
+        self, session: Channel, repository: Repository, side: Side, scopes: tuple[str, ...]
     ) -> None:
         self.session = session
         self.name = repository
@@ -159,26 +186,17 @@ class RepositoryClient:
         stream: bool = False,
         follow_redirects: bool = False,
     ) -> httpx.Response:
-        http = self.session.pool.http
-        request = http.build_request(
+        request = self.session.request(
             method,
             url,
+            scopes=scopes or self.scopes,
             headers=headers,
             content=content,
             params=params,
-            extensions={
-                SCOPES: scopes or self.scopes,
-                STATS: self.session.stats,
-                BUDGET: self.session.budget,
-            },
         )
-        entered = self.session.enter()
         try:
-            return await http.send(
-                request,
-                auth=self.session.auth(self.registry),
-                stream=stream,
-                follow_redirects=follow_redirects,
+            return await self.session.send(
+                request, self.registry, stream=stream, follow_redirects=follow_redirects
             )
         except httpx.ConnectError as exc:
             if _is_tls_error(exc):
@@ -198,8 +216,6 @@ class RepositoryClient:
                 operation,
                 f"connection to {self.registry} failed: {_short(exc)}",
             ) from None
-        finally:
-            self.session.leave(entered)
 
     def _unreachable(
         self, kind: type[RegistryError], operation: str, message: str

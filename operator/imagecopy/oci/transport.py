@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from .reference import Registry
 from .retry import RetryBudget, RetryPolicy, parse_retry_after
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "CountingTransport",
     "RequestStats",
     "RetryTransport",
+    "TransportSettings",
     "budget_for",
     "registry_of",
     "request_is_replayable",
@@ -206,3 +208,29 @@ class CountingTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    """How to reach registries: schemes, TLS trust, retries, limits. Read once at start.
+
+    ``plain_http`` and ``insecure`` list ``host`` or ``host:port`` entries; an entry without
+    a port covers every port of the host.
+    """
+
+    plain_http: frozenset[str] = frozenset()
+    insecure: frozenset[str] = frozenset()
+    ca_file: str | None = None
+    blocked_networks: tuple[str, ...] = ()
+    timeout: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Small on purpose: httpcore scans every pooled connection on each request, so a big
+    #: pool costs CPU per request; 16 covers 8 parallel GET→PUT streams.
+    max_connections: int = 16
+    http2: bool = False
+
+    def scheme(self, registry: Registry) -> str:
+        return "http" if registry.listed_in(self.plain_http) else "https"
+
+    def is_insecure(self, registry: Registry) -> bool:
+        return registry.listed_in(self.insecure) or registry.listed_in(self.plain_http)
