@@ -153,6 +153,32 @@ async def test_artifact_referrers_copied_through_tag_schema(
     assert plain.referrers == 0
 
 
+async def test_an_artifact_copied_alone_is_listed_in_its_subjects_tag_schema_index(
+    registry_v2: RegistryServer, registry_v3: RegistryServer
+) -> None:
+    """A manifest with a subject, pushed to a registry without the referrers API (no
+    ``OCI-Subject`` answer), is added to the subject's ``sha256-<hex>`` index."""
+    src_repo = repo("dev")
+    image = images.push_image(registry_v2, src_repo, "app", layers=1)
+    sbom = images.push_artifact(registry_v2, src_repo, image)
+    dst_repo = repo("mirror")
+    await copy(image.ref, f"{registry_v3.host}/{dst_repo}:app", registry_v2, registry_v3)
+    assert images.referrers_fallback_index(registry_v3, dst_repo, image.digest) is None
+
+    report = await copy(
+        f"{registry_v2.host}/{src_repo}@{sbom.digest}",
+        f"{registry_v3.host}/{dst_repo}:sbom",
+        registry_v2,
+        registry_v3,
+    )
+
+    assert report.manifests_copied == 1
+    index = images.referrers_fallback_index(registry_v3, dst_repo, image.digest)
+    assert index is not None
+    assert [m["digest"] for m in index["manifests"]] == [sbom.digest]
+    assert index["manifests"][0]["artifactType"] == sbom.artifact_type
+
+
 async def test_remembered_locations_turn_a_cross_registry_copy_into_mounts(
     registry_v2: RegistryServer, registry_v3: RegistryServer
 ) -> None:

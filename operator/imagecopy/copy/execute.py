@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from ..oci.blobs import BlobOutcome, BlobPlacement, Limits, UploadOptions, ensure_blob
 from ..oci.descriptor import Descriptor, Manifest
 from ..oci.errors import ImageCopyError, RegistryError
-from ..oci.referrers import push_referrers
+from ..oci.referrers import push_manifest, push_referrers
 from ..oci.repository import RepositoryClient
 from .mounts import MountRoute, MountStrategy
 from .options import ProgressListener
@@ -78,7 +78,7 @@ class RegistryDestination:
         )
 
     async def push_manifest(self, reference: str, manifest: Manifest) -> None:
-        await self.repo.put_manifest(reference, manifest)
+        await push_manifest(self.repo, reference, manifest)
 
     async def push_referrers(self, items: Sequence[tuple[Manifest, str]]) -> None:
         await push_referrers(self.repo, items)

@@ -16,7 +16,14 @@ from . import mediatypes as mt
 from .descriptor import Descriptor, Manifest, parse_manifest
 from .repository import RepositoryClient
 
-__all__ = ["Referrers", "find_referrers", "push_referrers", "referrer_descriptor", "referrers_tag"]
+__all__ = [
+    "Referrers",
+    "find_referrers",
+    "push_manifest",
+    "push_referrers",
+    "referrer_descriptor",
+    "referrers_tag",
+]
 
 
 def referrers_tag(digest: str) -> str:
@@ -62,6 +69,14 @@ def referrer_descriptor(manifest: Manifest) -> Descriptor:
     if isinstance(annotations, dict) and annotations:
         obj["annotations"] = annotations
     return Descriptor.from_json(obj, "referrer")
+
+
+async def push_manifest(repo: RepositoryClient, reference: str, manifest: Manifest) -> None:
+    """Push ``manifest`` at ``reference``; one with a ``subject`` is also listed in its
+    subject's tag schema index when the registry did not index it (no ``OCI-Subject``)."""
+    headers = await repo.put_manifest(reference, manifest)
+    if manifest.subject is not None and "OCI-Subject" not in headers:
+        await _add_to_tag_index(repo, manifest.subject.digest, [referrer_descriptor(manifest)])
 
 
 async def push_referrers(repo: RepositoryClient, items: Sequence[tuple[Manifest, str]]) -> int:
