@@ -12,7 +12,7 @@ from imagecopy.oci.client import RegistryPool, TransportSettings
 from imagecopy.oci.credentials import CredentialStore
 from imagecopy.oci.reference import Reference
 from imagecopy.oci.transport import RetryPolicy
-from tests.support.registry import RegistryServer
+from testkit.registry import RegistryServer
 
 FAST_RETRY = RetryPolicy(attempts=3, backoff_base=0.05, backoff_max=0.2, retry_after_max=2.0)
 

@@ -10,20 +10,20 @@ subprocess with the flags the registry needs:
   skopeo ``--creds user:password``. Token-auth registries work the same way: both peers answer
   the Bearer challenge with those Basic credentials at the issuer's realm.
 
-Tool paths come from ``.tools/bin`` first, then ``PATH``.
+Tool paths come from :func:`testkit.tools.find_tool`: ``.tools/bin`` first, then ``PATH``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.registry import TOOLS_BIN, RegistryServer
+from testkit.registry import RegistryServer
+from testkit.tools import TOOLS_BIN, find_tool
 
 __all__ = [
     "PeerError",
@@ -31,7 +31,6 @@ __all__ = [
     "crane_digest",
     "crane_manifest",
     "crane_validate",
-    "find_tool",
     "skopeo",
     "skopeo_digest",
     "skopeo_inspect_raw",
@@ -47,13 +46,6 @@ class PeerError(RuntimeError):
         self.rc = rc
         self.stdout = stdout
         self.stderr = stderr
-
-
-def find_tool(name: str) -> str | None:
-    p = TOOLS_BIN / name
-    if os.access(p, os.X_OK):
-        return str(p)
-    return shutil.which(name)
 
 
 @dataclass

@@ -12,7 +12,7 @@ In process::
 
 As a process (benchmarks)::
 
-    python bench/netproxy.py --listen 127.0.0.1:0 --upstream 127.0.0.1:5000 --delay-ms 10 \\
+    python -m testkit.netproxy --listen 127.0.0.1:0 --upstream 127.0.0.1:5000 --delay-ms 10 \\
         --stats-file stats.json [--bandwidth-bps 12500000] [--fault '{"status": 429, ...}']
 
 prints ``127.0.0.1:PORT`` on stdout once listening, rewrites the stats file every

@@ -6,7 +6,7 @@ Two implementations:
 - ``impl="v3"``: distribution v3 (``.tools/bin/registry``, built by ``scripts/install-tools.sh``).
 
 Auth modes: ``"none"``, ``"basic"`` (htpasswd, bcrypt) and ``"token"`` (Bearer tokens from the
-in-process :class:`~tests.support.token_issuer.TokenIssuer`). ``tls=True`` serves HTTPS with a
+in-process :class:`~testkit.token_issuer.TokenIssuer`). ``tls=True`` serves HTTPS with a
 server certificate from a throwaway CA (``ca_file``).
 
 Access log
@@ -37,7 +37,7 @@ Both 2.8.2 and v3.1.1:
   requires pull on ``from`` before touching the mount; the ``WWW-Authenticate`` challenge
   names both scopes).
 - The referrers API (``GET /v2/<repo>/referrers/<digest>``) is not served by either (404);
-  clients must use the tag-schema fallback (see ``tests/support/images.py``).
+  clients must use the tag-schema fallback (see ``testkit/images.py``).
 """
 
 from __future__ import annotations
@@ -50,8 +50,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -66,22 +64,19 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import yaml
 
-from tests.support.tls import TestPKI, make_test_pki
-from tests.support.token_issuer import Scope, TokenIssuer
+from testkit.processes import free_port, stop_process_group
+from testkit.tls import TestPKI, make_test_pki
+from testkit.token_issuer import Scope, TokenIssuer
+from testkit.tools import TOOLS_BIN
 
 __all__ = [
-    "REPO_ROOT",
-    "TOOLS_BIN",
     "AccessLogEntry",
     "RegistryServer",
     "find_registry_binary",
-    "free_port",
     "parse_access_line",
     "select",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
 V2_BINARY = "/usr/bin/docker-registry"
 
 Impl = Literal["v2", "v3"]
@@ -100,13 +95,6 @@ def _stop_all() -> None:
 
 
 atexit.register(_stop_all)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def find_registry_binary(impl: Impl) -> str | None:
@@ -448,15 +436,7 @@ class RegistryServer:
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+        stop_process_group(proc, timeout=5)
         self._proc = None
         with _LIVE_LOCK:
             _LIVE.discard(self)
