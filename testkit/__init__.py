@@ -16,6 +16,6 @@ It owns the real things a test or a benchmark runs against, none of them part of
   parent, stop with SIGTERM then SIGKILL).
 
 pytest fixtures over these live in ``tests/support/fixtures.py``. Nothing here imports
-``tests``, ``e2e`` or ``bench``; all of them import this package (run from the repository root,
-which is on ``sys.path`` there: pytest's ``pythonpath`` and ``python -m``).
+``tests``, ``e2e`` or ``bench``; all of them import this package. It is found from the
+repository root: pytest's ``pythonpath`` setting, or ``python -m`` run there.
 """
