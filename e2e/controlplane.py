@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import atexit
 import base64
-import contextlib
 import os
 import secrets
 import shutil
@@ -43,7 +42,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -247,11 +246,6 @@ class ControlPlane:
     def ca_file(self) -> Path:
         """The API server's self-signed serving certificate (use it as the CA bundle)."""
         return self.workdir / "certs" / "apiserver.crt"
-
-    @property
-    def log_files(self) -> dict[str, Path]:
-        """Log file of each process, by name (``etcd``, ``kube-apiserver``)."""
-        return dict(self._logs)
 
     # -- lifecycle
 
@@ -571,15 +565,3 @@ class ControlPlane:
         return config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=str(kubeconfig or self.kubeconfig)
         )
-
-    def env(self) -> dict[str, str]:
-        """Environment for a child process (e.g. the operator) that should use this cluster."""
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-
-
-@contextlib.contextmanager
-def running_control_plane(binaries: Binaries | None = None) -> Iterator[ControlPlane]:
-    """``with running_control_plane() as cp:`` — start, yield, stop (logs kept on error)."""
-    plane = ControlPlane(binaries)
-    with plane:
-        yield plane

@@ -144,10 +144,6 @@ class OperatorProcess:
         kill_process_group(proc, timeout=10)
         self._proc = None
 
-    def restart(self) -> OperatorProcess:
-        self.stop()
-        return self.start()
-
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -29,7 +29,6 @@ __all__ = [
     "PeerError",
     "crane",
     "crane_digest",
-    "crane_manifest",
     "crane_validate",
     "skopeo",
     "skopeo_digest",
@@ -99,11 +98,6 @@ def crane(reg: RegistryServer, *args: str, timeout: float = 120.0) -> bytes:
 def crane_digest(reg: RegistryServer, ref: str) -> str:
     """``crane digest REF`` → ``sha256:…`` (the registry's digest of the manifest)."""
     return crane(reg, "digest", ref).decode().strip()
-
-
-def crane_manifest(reg: RegistryServer, ref: str) -> bytes:
-    """``crane manifest REF`` → the raw manifest bytes."""
-    return crane(reg, "manifest", ref)
 
 
 def crane_validate(reg: RegistryServer, ref: str, *, fast: bool = False) -> str:

@@ -456,12 +456,6 @@ class RegistryServer:
         ):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def restart(self) -> None:
-        """Stop and start again on the same port, keeping storage and logs (drops caches and
-        open upload sessions)."""
-        self._kill()
-        self.start()
-
     def __enter__(self) -> RegistryServer:
         return self.start()
 
@@ -490,10 +484,6 @@ class RegistryServer:
         """An httpx client with ``base_url`` and TLS trust set for this registry."""
         kwargs.setdefault("timeout", 30.0)
         return httpx.Client(base_url=self.url, verify=self.verify, **kwargs)
-
-    def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
-        kwargs.setdefault("timeout", 30.0)
-        return httpx.AsyncClient(base_url=self.url, verify=self.verify, **kwargs)
 
     def docker_config(self, path: str | Path, *, merge: bool = True) -> Path:
         """Write (or merge into) a docker ``config.json`` with this registry's credentials.
@@ -570,9 +560,6 @@ class RegistryServer:
             self.root_dir / "docker" / "registry" / "v2" / "blobs" / algo / hexd[:2] / hexd / "data"
         )
 
-    def has_blob_in_storage(self, digest: str) -> bool:
-        return self.blob_data_path(digest).exists()
-
     def corrupt_blob(self, digest: str, data: bytes | None = None) -> Path:
         """Rewrite the stored bytes of ``digest`` so the registry serves content that does not
         match its digest. Default: same length, every byte inverted (so ``Content-Length``
@@ -584,12 +571,6 @@ class RegistryServer:
             data = bytes(b ^ 0xFF for b in p.read_bytes())
         p.write_bytes(data)
         return p
-
-    def repositories_on_disk(self) -> list[str]:
-        base = self.root_dir / "docker" / "registry" / "v2" / "repositories"
-        if not base.exists():
-            return []
-        return sorted(str(d.parent.relative_to(base)) for d in base.rglob("_layers") if d.is_dir())
 
 
 def _deep_merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
