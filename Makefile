@@ -28,8 +28,8 @@ controlplane:
 	bash e2e/tools/build-control-plane.sh
 
 lint: venv
-	$(VENV)/bin/ruff check operator tests e2e bench
-	$(VENV)/bin/ruff format --check operator tests e2e bench
+	$(VENV)/bin/ruff check operator tests e2e bench testkit
+	$(VENV)/bin/ruff format --check operator tests e2e bench testkit
 	$(VENV)/bin/lint-imports
 
 typecheck: venv
@@ -45,10 +45,10 @@ e2e: venv tools controlplane
 	$(PY) -m pytest -q e2e
 
 demo: venv tools controlplane
-	$(PY) e2e/demo.py
+	$(PY) -m e2e.demo
 
 bench: venv tools
-	$(PY) bench/run.py
+	$(PY) -m bench.run
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

@@ -1,7 +1,8 @@
 """The ``imagecopy-engine`` row: copies inside one long-lived Python process.
 
-The driver starts this as a child process (so its ``ru_maxrss`` is the engine's own, and
-the driver's work never lands on the measured loop), then sends one JSON command per line on
+The driver starts this as a child process, ``python -m bench.engine_worker`` from the
+repository root (so its ``ru_maxrss`` is the engine's own, and the driver's work never lands
+on the measured loop; ``imagecopy`` comes from the editable install), then sends one JSON command per line on
 stdin and reads one JSON answer per line on stdout::
 
     {"src": "...", "dst": "...", "fresh_locations": false, "profile": null}
@@ -26,14 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "operator"))
-
-from imagecopy.copy.engine import Copier  # noqa: E402
-from imagecopy.copy.locations import BlobLocations  # noqa: E402
-from imagecopy.copy.options import CopyOptions  # noqa: E402
-from imagecopy.oci.client import RegistryPool, TransportSettings  # noqa: E402
-from imagecopy.oci.reference import Reference  # noqa: E402
+from imagecopy.copy.engine import Copier
+from imagecopy.copy.locations import BlobLocations
+from imagecopy.copy.options import CopyOptions
+from imagecopy.oci.pool import RegistryPool, TransportSettings
+from imagecopy.oci.reference import Reference
 
 
 def _rss_bytes() -> int:

@@ -1,10 +1,11 @@
 """Benchmark driver: imagecopy (CLI and in-process engine) against oras, crane, skopeo, regctl.
 
-``make bench`` runs ``.venv/bin/python bench/run.py``; see bench/README.md for the method.
-Writes bench/results.json, bench/results.md and bench/wall_time.png.
+``make bench`` runs ``.venv/bin/python -m bench.run`` from the repository root; see
+bench/README.md for the method. Writes bench/results.json, bench/results.md and
+bench/wall_time.png.
 
-    .venv/bin/python bench/run.py --quick                         # 2 runs, no profiles
-    .venv/bin/python bench/run.py --scenarios same-registry,noop --runs 5
+    .venv/bin/python -m bench.run --quick                         # 2 runs, no profiles
+    .venv/bin/python -m bench.run --scenarios same-registry,noop --runs 5
 """
 
 from __future__ import annotations
@@ -28,16 +29,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-REPO_ROOT = BENCH.parent
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(BENCH))
+import httpx
 
-import httpx  # noqa: E402
-from bigimage import MiB, cached_layer, push_big_image  # noqa: E402
+from bench.bigimage import MiB, cached_layer, push_big_image
+from testkit.images import push_image, push_index
+from testkit.registry import AccessLogEntry, RegistryServer
+from testkit.tools import REPO_ROOT, find_tool
 
-from tests.support.images import push_image, push_index  # noqa: E402
-from tests.support.registry import TOOLS_BIN, AccessLogEntry, RegistryServer  # noqa: E402
+BENCH = REPO_ROOT / "bench"
 
 PY = sys.executable
 VENV_BIN = Path(PY).parent
@@ -103,14 +102,15 @@ def run_measured(argv: list[str], env: dict[str, str], timeout: float = 900.0) -
 
 
 class Proxy:
-    """bench/proxy_server.py (netproxy in its own process) in front of one registry."""
+    """testkit/proxy_server.py (netproxy in its own process) in front of one registry."""
 
     def __init__(self, upstream: str, delay_ms: float) -> None:
         self.delay_ms = delay_ms
         self.proc = subprocess.Popen(
             [
                 PY,
-                str(BENCH / "proxy_server.py"),
+                "-m",
+                "testkit.proxy_server",
                 "--upstream",
                 upstream,
                 "--delay-ms",
@@ -119,6 +119,7 @@ class Proxy:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            cwd=REPO_ROOT,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
@@ -148,7 +149,7 @@ class EngineWorker:
     """bench/engine_worker.py: one long-lived Python process running Copier.copy."""
 
     def __init__(self, plain_http: list[str], options: list[str]) -> None:
-        argv = [PY, str(BENCH / "engine_worker.py")]
+        argv = [PY, "-m", "bench.engine_worker"]
         for h in plain_http:
             argv += ["--plain-http", h]
         for o in options:
@@ -188,13 +189,6 @@ class EngineWorker:
 
 
 # --- tools ------------------------------------------------------------------------------------
-
-
-def find_tool(name: str) -> str | None:
-    p = TOOLS_BIN / name
-    if os.access(p, os.X_OK):
-        return str(p)
-    return shutil.which(name)
 
 
 @dataclass
@@ -972,7 +966,7 @@ def main(argv: list[str] | None = None) -> int:
         "methods": {
             "wall": "CLI rows: spawn to reap of the tool process; imagecopy-engine: the await "
             "of Copier.copy in a warm worker process",
-            "requests_and_bytes": "delayed scenarios: bench/netproxy.py request log; "
+            "requests_and_bytes": "delayed scenarios: testkit/netproxy.py request log; "
             "cross-registry: both registries' access logs (blob GET bytes + committed blob sizes)",
             "peak_rss": "GNU time %M of the tool process; engine: VmHWM of the worker process",
             "cpu": "user+system seconds of the tool process; engine: getrusage delta per copy",

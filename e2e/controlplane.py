@@ -30,13 +30,10 @@ from __future__ import annotations
 
 import atexit
 import base64
-import contextlib
-import ctypes
 import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -45,13 +42,15 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import yaml
+
+from testkit.processes import free_port, new_group_dying_with_parent, stop_process_group
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ASSETS = REPO_ROOT / ".tools" / "k8s" / "current"
@@ -122,26 +121,8 @@ class Binaries:
 
 # --------------------------------------------------------------------------- process hygiene
 
-_PR_SET_PDEATHSIG = 1
 _live: set[ControlPlane] = set()
 _live_lock = threading.Lock()
-
-
-def _new_group() -> None:
-    """preexec_fn: run in a new session, i.e. a process group of its own."""
-    os.setsid()
-
-
-def _new_group_dying_with_parent() -> None:
-    """preexec_fn: a process group of its own, and SIGKILL when the parent dies.
-
-    Linux delivers PR_SET_PDEATHSIG when the *thread* that forked exits, so this is only used
-    when starting from the main thread (see ``ControlPlane._spawn``).
-    """
-    os.setsid()
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _stop_all() -> None:
@@ -182,13 +163,6 @@ def reap_stale_workdirs() -> None:
             shutil.rmtree(owner_file.parent, ignore_errors=True)
         except (OSError, ValueError):
             continue
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rsa_key_pair(key_path: Path, pub_path: Path) -> None:
@@ -273,11 +247,6 @@ class ControlPlane:
         """The API server's self-signed serving certificate (use it as the CA bundle)."""
         return self.workdir / "certs" / "apiserver.crt"
 
-    @property
-    def log_files(self) -> dict[str, Path]:
-        """Log file of each process, by name (``etcd``, ``kube-apiserver``)."""
-        return dict(self._logs)
-
     # -- lifecycle
 
     def __enter__(self) -> ControlPlane:
@@ -321,7 +290,7 @@ class ControlPlane:
         for name in ("kube-apiserver", "etcd"):
             proc = self._procs.get(name)
             if proc is not None:
-                _terminate(proc)
+                stop_process_group(proc, STOP_TIMEOUT)
         kept: Path | None = None
         if keep_logs and self.keep_logs_on_failure and self._logs:
             kept = LOG_ROOT / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -348,10 +317,11 @@ class ControlPlane:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
+                # PR_SET_PDEATHSIG fires when the forking *thread* exits: only from the main thread
                 preexec_fn=(
-                    _new_group_dying_with_parent
+                    new_group_dying_with_parent
                     if threading.current_thread() is threading.main_thread()
-                    else _new_group
+                    else os.setsid
                 ),
             )
         self._procs[name] = proc
@@ -595,35 +565,3 @@ class ControlPlane:
         return config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=str(kubeconfig or self.kubeconfig)
         )
-
-    def env(self) -> dict[str, str]:
-        """Environment for a child process (e.g. the operator) that should use this cluster."""
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-
-
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group, wait, then SIGKILL it."""
-    if proc.poll() is not None:
-        _killpg(proc.pid, signal.SIGKILL)  # stray children of a dead leader, if any
-        return
-    _killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pass
-    _killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=STOP_TIMEOUT)
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-@contextlib.contextmanager
-def running_control_plane(binaries: Binaries | None = None) -> Iterator[ControlPlane]:
-    """``with running_control_plane() as cp:`` — start, yield, stop (logs kept on error)."""
-    plane = ControlPlane(binaries)
-    with plane:
-        yield plane

@@ -1,4 +1,5 @@
-"""``make demo``: a throwaway control plane, two local registries and the operator, end to end.
+"""``make demo`` (``python -m e2e.demo`` from the repository root): a throwaway control plane,
+two local registries and the operator, end to end.
 
 1. Start etcd + kube-apiserver (CRDs installed), registry A (distribution 2.8.2) and registry B
    (distribution v3, or a second 2.8.2 when v3 is not installed).
@@ -18,19 +19,14 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-for entry in (REPO_ROOT, REPO_ROOT / "operator"):
-    if str(entry) not in sys.path:
-        sys.path.insert(0, str(entry))
+import yaml
 
-import yaml  # noqa: E402
-
-from e2e.controlplane import ControlPlane  # noqa: E402
-from e2e.operator_harness import ImageCopies, OperatorProcess  # noqa: E402
-from tests.support.images import push_image  # noqa: E402
-from tests.support.registry import RegistryServer, find_registry_binary  # noqa: E402
+from e2e.controlplane import ControlPlane
+from e2e.operator_harness import ImageCopies, OperatorProcess
+from testkit.images import push_image
+from testkit.registry import RegistryServer, find_registry_binary
+from testkit.tools import REPO_ROOT
 
 EXAMPLE = REPO_ROOT / "examples" / "imagecopy.yaml"
 NAMESPACE = "demo"

@@ -9,11 +9,7 @@ process group and dies with its parent, so no operator outlives a test session.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +20,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from testkit.processes import (
+    free_port,
+    kill_process_group,
+    new_group_dying_with_parent,
+    stop_process_group,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGECOPY_BIN = REPO_ROOT / ".venv" / "bin" / "imagecopy"
@@ -36,19 +39,6 @@ TEST_ENV = {
     "IMAGECOPY_ALLOWED_REGISTRIES": "127.0.0.1,127.0.0.1:*,localhost:*",
     "IMAGECOPY_STALLED_RETRY": "3s",
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    os.setsid()
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 class OperatorProcess:
@@ -112,7 +102,7 @@ class OperatorProcess:
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=REPO_ROOT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=new_group_dying_with_parent,
             )
         try:
             self._wait_alive()
@@ -143,13 +133,7 @@ class OperatorProcess:
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process_group(proc, timeout)
         self._proc = None
 
     def kill(self) -> None:
@@ -157,15 +141,8 @@ class OperatorProcess:
         proc = self._proc
         if proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
+        kill_process_group(proc, timeout=10)
         self._proc = None
-
-    def restart(self) -> OperatorProcess:
-        self.stop()
-        return self.start()
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -17,10 +17,10 @@ import pytest
 
 from e2e.controlplane import ControlPlane
 from e2e.operator_harness import ImageCopies, OperatorProcess, metric_value
+from testkit.images import MANIFEST_ACCEPT, PushedImage, push_image
+from testkit.registry import RegistryServer
 from tests.support.fixtures import *  # noqa: F403  (registry fixtures)
 from tests.support.fixtures import ADMIN_PASSWORD, ADMIN_USER
-from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image
-from tests.support.registry import RegistryServer
 
 pytestmark = pytest.mark.e2e
 

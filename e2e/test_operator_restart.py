@@ -1,6 +1,6 @@
 """The operator killed in the middle of a copy resumes and finishes after a restart.
 
-The source registry sits behind ``bench/netproxy.py`` with a bandwidth cap, so a cross-registry
+The source registry sits behind ``testkit/netproxy.py`` with a bandwidth cap, so a cross-registry
 copy of one big layer takes several seconds: long enough to SIGKILL the operator while the
 layer streams. The restarted operator sees an object that is not settled for its generation,
 copies again (the engine is idempotent: what reached the destination is not sent twice), and
@@ -17,9 +17,9 @@ import pytest
 
 from e2e.controlplane import ControlPlane
 from e2e.operator_harness import ImageCopies, OperatorProcess
+from testkit.images import MANIFEST_ACCEPT, push_big_image
+from testkit.registry import RegistryServer
 from tests.support.fixtures import *  # noqa: F403  (registry fixtures)
-from tests.support.images import MANIFEST_ACCEPT, push_big_image
-from tests.support.registry import RegistryServer
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ from imagecopy.oci.credentials import CredentialStore
 from imagecopy.oci.pool import RegistryPool, TransportSettings
 from imagecopy.oci.reference import Reference
 from imagecopy.oci.retry import Backoff, RetryPolicy
-from tests.support.registry import RegistryServer
+from testkit.registry import RegistryServer
 
 FAST_RETRY = RetryPolicy(attempts=3, backoff=Backoff(base=0.05, cap=0.2, retry_after_max=2.0))
 

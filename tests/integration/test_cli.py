@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from testkit import images
+from testkit.peers import crane_digest, skopeo_digest
+from testkit.registry import RegistryServer
+from testkit.tools import REPO_ROOT
 from tests.integration.copyhelpers import docker_config, repo
-from tests.support import images
-from tests.support.peers import crane_digest, skopeo_digest
-from tests.support.registry import REPO_ROOT, RegistryServer
 
 pytestmark = pytest.mark.integration
 

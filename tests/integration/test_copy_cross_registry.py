@@ -20,10 +20,10 @@ from imagecopy.oci.errors import (
     Unauthorized,
 )
 from imagecopy.oci.reference import parse_platform
+from testkit import images
+from testkit.peers import crane_digest, crane_validate, skopeo_digest
+from testkit.registry import RegistryServer
 from tests.integration.copyhelpers import copy, credentials_for, repo, settings_for
-from tests.support import images
-from tests.support.peers import crane_digest, crane_validate, skopeo_digest
-from tests.support.registry import RegistryServer
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """Registries that refuse mounts, rate-limit or fail: fallbacks and retries, through a real
-registry behind the fault-injecting proxy (bench/netproxy.py)."""
+registry behind the fault-injecting proxy (testkit/netproxy.py)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from collections.abc import Callable
 
 import pytest
 
-from bench.netproxy import NetProxy
 from imagecopy.copy import CopyOptions
 from imagecopy.oci.errors import RateLimited
 from imagecopy.oci.pool import TransportSettings
 from imagecopy.oci.retry import Backoff, RetryPolicy
+from testkit import images
+from testkit.netproxy import NetProxy
+from testkit.peers import crane_digest
+from testkit.registry import RegistryServer
 from tests.integration.copyhelpers import copy, repo
-from tests.support import images
-from tests.support.peers import crane_digest
-from tests.support.registry import RegistryServer
 
 pytestmark = pytest.mark.integration
 

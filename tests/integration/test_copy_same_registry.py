@@ -6,10 +6,10 @@ import httpx
 import pytest
 
 from imagecopy.copy import CopyOptions, Outcome
+from testkit import images
+from testkit.peers import crane_digest, skopeo_digest
+from testkit.registry import RegistryServer
 from tests.integration.copyhelpers import copy, repo
-from tests.support import images
-from tests.support.peers import crane_digest, skopeo_digest
-from tests.support.registry import RegistryServer
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
+from testkit import images
+from testkit.peers import crane_digest
+from testkit.registry import RegistryServer
+from testkit.tools import REPO_ROOT
 from tests.integration.copyhelpers import repo
-from tests.support import images
-from tests.support.peers import crane_digest
-from tests.support.registry import REPO_ROOT, RegistryServer
 
 pytestmark = pytest.mark.integration
 

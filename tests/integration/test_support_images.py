@@ -11,10 +11,10 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.support import images as im
+from testkit import images as im
+from testkit.peers import crane_digest, crane_validate, skopeo_digest, skopeo_inspect_raw
+from testkit.registry import RegistryServer
 from tests.support.fixtures import UniqueRepo
-from tests.support.peers import crane_digest, crane_validate, skopeo_digest, skopeo_inspect_raw
-from tests.support.registry import RegistryServer
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""bench/netproxy.py in front of a real registry: counts, delays, faults, Location rewriting."""
+"""testkit/netproxy.py in front of a real registry: counts, delays, faults, Location rewriting."""
 
 from __future__ import annotations
 
@@ -16,9 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.netproxy import NetProxy
-from tests.support.fixtures import UniqueRepo
-from tests.support.images import (
+from testkit.images import (
     OCI_MANIFEST,
     append_query,
     make_layer,
@@ -26,8 +24,12 @@ from tests.support.images import (
     push_image,
     push_index,
 )
-from tests.support.peers import crane
-from tests.support.registry import REPO_ROOT, RegistryServer, free_port
+from testkit.netproxy import NetProxy
+from testkit.peers import crane
+from testkit.processes import free_port
+from testkit.registry import RegistryServer
+from testkit.tools import REPO_ROOT
+from tests.support.fixtures import UniqueRepo
 
 pytestmark = pytest.mark.integration
 
@@ -192,7 +194,8 @@ def test_cli_process_writes_stats(
     proc = subprocess.Popen(
         [
             sys.executable,
-            str(REPO_ROOT / "bench" / "netproxy.py"),
+            "-m",
+            "testkit.netproxy",
             "--listen",
             "127.0.0.1:0",
             "--upstream",
@@ -208,6 +211,7 @@ def test_cli_process_writes_stats(
         ],
         stdout=subprocess.PIPE,
         text=True,
+        cwd=REPO_ROOT,
     )
     try:
         assert proc.stdout is not None

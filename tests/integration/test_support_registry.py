@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testkit.images import append_query, make_layer, push_blob, push_image
+from testkit.registry import RegistryServer, parse_access_line, select
 from tests.support.fixtures import UniqueRepo
-from tests.support.images import append_query, make_layer, push_blob, push_image
-from tests.support.registry import RegistryServer, parse_access_line, select
 
 pytestmark = pytest.mark.integration
 

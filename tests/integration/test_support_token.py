@@ -10,6 +10,9 @@ import httpx
 import jwt
 import pytest
 
+from testkit.images import make_layer, push_blob
+from testkit.registry import RegistryServer
+from testkit.token_issuer import TokenIssuer, parse_scope
 from tests.support.fixtures import (
     ADMIN_PASSWORD,
     ADMIN_USER,
@@ -17,9 +20,6 @@ from tests.support.fixtures import (
     READER_USER,
     UniqueRepo,
 )
-from tests.support.images import make_layer, push_blob
-from tests.support.registry import RegistryServer
-from tests.support.token_issuer import TokenIssuer, parse_scope
 
 pytestmark = pytest.mark.integration
 

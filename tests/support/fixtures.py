@@ -1,8 +1,9 @@
 """pytest fixtures for real registries, token issuer, peers and the net proxy.
 
-Imported by ``tests/conftest.py`` (``from tests.support.fixtures import *``); ``e2e/conftest.py``
-can do the same. Session-scoped registries are started once; tests stay isolated by using
-unique repository names (:func:`unique_repo`).
+The fixtures are thin wrappers over :mod:`testkit`, which owns the servers and helpers.
+Imported by ``tests/conftest.py`` (``from tests.support.fixtures import *``); the e2e test
+modules that need registries do the same. Session-scoped registries are started once; tests
+stay isolated by using unique repository names (:func:`unique_repo`).
 
 Missing binaries: the fixture calls ``pytest.skip`` with a reason, unless the environment
 variable ``IMAGECOPY_REQUIRE_TOOLS`` is set (CI), in which case it fails.
@@ -20,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from bench.netproxy import NetProxy
-from tests.support.peers import find_tool
-from tests.support.registry import TOOLS_BIN, RegistryServer, find_registry_binary
-from tests.support.token_issuer import TokenIssuer
+from testkit.netproxy import NetProxy
+from testkit.registry import RegistryServer, find_registry_binary
+from testkit.token_issuer import TokenIssuer
+from testkit.tools import TOOLS_BIN, find_tool
 
 __all__ = [
     "ADMIN_PASSWORD",

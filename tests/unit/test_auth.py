@@ -42,6 +42,8 @@ from imagecopy.oci.auth import (
 from imagecopy.oci.credentials import ANONYMOUS, Credential
 from imagecopy.oci.errors import RateLimited, RegistryError, RegistryUnreachable, Unauthorized
 from imagecopy.oci.reference import Registry
+from testkit.registry import RegistryServer
+from testkit.token_issuer import Scope, TokenIssuer, parse_scope
 from tests.support.fixtures import (
     ADMIN_PASSWORD,
     ADMIN_USER,
@@ -49,8 +51,6 @@ from tests.support.fixtures import (
     READER_USER,
     UniqueRepo,
 )
-from tests.support.registry import RegistryServer
-from tests.support.token_issuer import Scope, TokenIssuer, parse_scope
 
 ALICE = Credential(ADMIN_USER, ADMIN_PASSWORD)
 READER = Credential(READER_USER, READER_PASSWORD)

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 from prometheus_client import CollectorRegistry
 
 from imagecopy.controller.metrics import Metrics, serve_metrics
 from imagecopy.copy.report import CopyReport, Outcome
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from testkit.processes import free_port
 
 
 def sample(text: str, name: str) -> float:

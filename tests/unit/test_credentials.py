@@ -16,7 +16,7 @@ from imagecopy.oci.credentials import (
 )
 from imagecopy.oci.errors import SecretInvalid
 from imagecopy.oci.reference import DOCKER_HUB, Reference, Registry
-from tests.support.registry import RegistryServer
+from testkit.registry import RegistryServer
 
 SECRET = "hunter2-s3cr3t"
 

@@ -28,7 +28,7 @@ from imagecopy.oci.transport import (
     request_is_replayable,
     stats_for,
 )
-from tests.support.registry import free_port
+from testkit.processes import free_port
 
 DROP = "drop"
 Action = tuple[int, dict[str, str]] | str

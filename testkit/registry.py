@@ -6,7 +6,7 @@ Two implementations:
 - ``impl="v3"``: distribution v3 (``.tools/bin/registry``, built by ``scripts/install-tools.sh``).
 
 Auth modes: ``"none"``, ``"basic"`` (htpasswd, bcrypt) and ``"token"`` (Bearer tokens from the
-in-process :class:`~tests.support.token_issuer.TokenIssuer`). ``tls=True`` serves HTTPS with a
+in-process :class:`~testkit.token_issuer.TokenIssuer`). ``tls=True`` serves HTTPS with a
 server certificate from a throwaway CA (``ca_file``).
 
 Access log
@@ -37,7 +37,7 @@ Both 2.8.2 and v3.1.1:
   requires pull on ``from`` before touching the mount; the ``WWW-Authenticate`` challenge
   names both scopes).
 - The referrers API (``GET /v2/<repo>/referrers/<digest>``) is not served by either (404);
-  clients must use the tag-schema fallback (see ``tests/support/images.py``).
+  clients must use the tag-schema fallback (see ``testkit/images.py``).
 """
 
 from __future__ import annotations
@@ -50,8 +50,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -66,22 +64,19 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import yaml
 
-from tests.support.tls import TestPKI, make_test_pki
-from tests.support.token_issuer import Scope, TokenIssuer
+from testkit.processes import free_port, stop_process_group
+from testkit.tls import TestPKI, make_test_pki
+from testkit.token_issuer import Scope, TokenIssuer
+from testkit.tools import TOOLS_BIN
 
 __all__ = [
-    "REPO_ROOT",
-    "TOOLS_BIN",
     "AccessLogEntry",
     "RegistryServer",
     "find_registry_binary",
-    "free_port",
     "parse_access_line",
     "select",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
 V2_BINARY = "/usr/bin/docker-registry"
 
 Impl = Literal["v2", "v3"]
@@ -100,13 +95,6 @@ def _stop_all() -> None:
 
 
 atexit.register(_stop_all)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def find_registry_binary(impl: Impl) -> str | None:
@@ -448,15 +436,7 @@ class RegistryServer:
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+        stop_process_group(proc, timeout=5)
         self._proc = None
         with _LIVE_LOCK:
             _LIVE.discard(self)
@@ -475,12 +455,6 @@ class RegistryServer:
             and self.workdir is not None
         ):
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def restart(self) -> None:
-        """Stop and start again on the same port, keeping storage and logs (drops caches and
-        open upload sessions)."""
-        self._kill()
-        self.start()
 
     def __enter__(self) -> RegistryServer:
         return self.start()
@@ -510,10 +484,6 @@ class RegistryServer:
         """An httpx client with ``base_url`` and TLS trust set for this registry."""
         kwargs.setdefault("timeout", 30.0)
         return httpx.Client(base_url=self.url, verify=self.verify, **kwargs)
-
-    def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
-        kwargs.setdefault("timeout", 30.0)
-        return httpx.AsyncClient(base_url=self.url, verify=self.verify, **kwargs)
 
     def docker_config(self, path: str | Path, *, merge: bool = True) -> Path:
         """Write (or merge into) a docker ``config.json`` with this registry's credentials.
@@ -590,9 +560,6 @@ class RegistryServer:
             self.root_dir / "docker" / "registry" / "v2" / "blobs" / algo / hexd[:2] / hexd / "data"
         )
 
-    def has_blob_in_storage(self, digest: str) -> bool:
-        return self.blob_data_path(digest).exists()
-
     def corrupt_blob(self, digest: str, data: bytes | None = None) -> Path:
         """Rewrite the stored bytes of ``digest`` so the registry serves content that does not
         match its digest. Default: same length, every byte inverted (so ``Content-Length``
@@ -604,12 +571,6 @@ class RegistryServer:
             data = bytes(b ^ 0xFF for b in p.read_bytes())
         p.write_bytes(data)
         return p
-
-    def repositories_on_disk(self) -> list[str]:
-        base = self.root_dir / "docker" / "registry" / "v2" / "repositories"
-        if not base.exists():
-            return []
-        return sorted(str(d.parent.relative_to(base)) for d in base.rglob("_layers") if d.is_dir())
 
 
 def _deep_merge(dst: dict[str, Any], src: dict[str, Any]) -> None:

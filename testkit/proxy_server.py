@@ -1,8 +1,9 @@
-"""``bench/netproxy.py`` as a separate process with an on-demand, race-free counter dump.
+"""``testkit/netproxy.py`` as a separate process with an on-demand, race-free counter dump.
 
-The benchmark driver starts this so the proxy's CPU never lands on the measured process::
+The benchmark driver (``bench/run.py``) starts this from the repository root so the proxy's
+CPU never lands on the measured process::
 
-    python bench/proxy_server.py --upstream 127.0.0.1:5000 --delay-ms 10
+    python -m testkit.proxy_server --upstream 127.0.0.1:5000 --delay-ms 10
 
 It prints ``READY host:port`` once listening, then answers commands on stdin, one per line:
 
@@ -28,11 +29,8 @@ import contextlib
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from netproxy import NetProxy
+from testkit.netproxy import NetProxy
 
 TLS_HANDSHAKE = 0x16
 

@@ -12,7 +12,7 @@ In process::
 
 As a process (benchmarks)::
 
-    python bench/netproxy.py --listen 127.0.0.1:0 --upstream 127.0.0.1:5000 --delay-ms 10 \\
+    python -m testkit.netproxy --listen 127.0.0.1:0 --upstream 127.0.0.1:5000 --delay-ms 10 \\
         --stats-file stats.json [--bandwidth-bps 12500000] [--fault '{"status": 429, ...}']
 
 prints ``127.0.0.1:PORT`` on stdout once listening, rewrites the stats file every
@@ -68,7 +68,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["Fault", "NetProxy", "ProxyStats", "RequestRecord", "main"]
 
@@ -129,10 +129,6 @@ class RequestRecord:
     started: float = 0.0
     duration_ms: float = 0.0
     location_rewritten: bool = False
-
-    @property
-    def query_dict(self) -> dict[str, list[str]]:
-        return parse_qs(self.query, keep_blank_values=True)
 
 
 @dataclass
@@ -281,11 +277,6 @@ class NetProxy:
         """The counters and request log right now (requests in flight are not in the log)."""
         with self._lock:
             return replace(self._stats, log=list(self._stats.log))
-
-    @property
-    def in_flight(self) -> int:
-        with self._lock:
-            return len(self._inflight)
 
     def reset_stats(self) -> None:
         with self._lock:

@@ -49,7 +49,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.support.tls import TestPKI, issue_cert, make_test_pki
+from testkit.tls import TestPKI, issue_cert, make_test_pki
 
 __all__ = ["Scope", "TokenIssuer", "TokenRequest", "parse_scope"]
 

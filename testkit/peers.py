@@ -10,28 +10,26 @@ subprocess with the flags the registry needs:
   skopeo ``--creds user:password``. Token-auth registries work the same way: both peers answer
   the Bearer challenge with those Basic credentials at the issuer's realm.
 
-Tool paths come from ``.tools/bin`` first, then ``PATH``.
+Tool paths come from :func:`testkit.tools.find_tool`: ``.tools/bin`` first, then ``PATH``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.registry import TOOLS_BIN, RegistryServer
+from testkit.registry import RegistryServer
+from testkit.tools import TOOLS_BIN, find_tool
 
 __all__ = [
     "PeerError",
     "crane",
     "crane_digest",
-    "crane_manifest",
     "crane_validate",
-    "find_tool",
     "skopeo",
     "skopeo_digest",
     "skopeo_inspect_raw",
@@ -47,13 +45,6 @@ class PeerError(RuntimeError):
         self.rc = rc
         self.stdout = stdout
         self.stderr = stderr
-
-
-def find_tool(name: str) -> str | None:
-    p = TOOLS_BIN / name
-    if os.access(p, os.X_OK):
-        return str(p)
-    return shutil.which(name)
 
 
 @dataclass
@@ -107,11 +98,6 @@ def crane(reg: RegistryServer, *args: str, timeout: float = 120.0) -> bytes:
 def crane_digest(reg: RegistryServer, ref: str) -> str:
     """``crane digest REF`` → ``sha256:…`` (the registry's digest of the manifest)."""
     return crane(reg, "digest", ref).decode().strip()
-
-
-def crane_manifest(reg: RegistryServer, ref: str) -> bytes:
-    """``crane manifest REF`` → the raw manifest bytes."""
-    return crane(reg, "manifest", ref)
 
 
 def crane_validate(reg: RegistryServer, ref: str, *, fast: bool = False) -> str:

@@ -1,6 +1,6 @@
 """Build and push test content with plain httpx, independent of the product's own client.
 
-Everything here talks to a :class:`~tests.support.registry.RegistryServer` directly (using its
+Everything here talks to a :class:`~testkit.registry.RegistryServer` directly (using its
 ``admin_headers`` so it works in every auth mode) and returns what it pushed, so tests can
 compare a copy's destination against known digests and sizes.
 
@@ -41,7 +41,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from tests.support.registry import RegistryServer
+from testkit.registry import RegistryServer
 
 __all__ = [
     "DOCKER_CONFIG",

@@ -9,7 +9,7 @@
   holds leaf + CA.
 
 The same CA is used by the token issuer to sign JWT signing certificates (see
-``tests/support/token_issuer.py``); keys are ECDSA P-256 so generation is instant.
+``testkit/token_issuer.py``); keys are ECDSA P-256 so generation is instant.
 """
 
 from __future__ import annotations
