@@ -12,6 +12,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from imagecopy.controller.kube import KubernetesUnavailable
 from imagecopy.controller.metrics import Metrics
 from imagecopy.controller.service import ImageCopyService, ObjectRef
 from imagecopy.controller.settings import Settings
@@ -30,7 +31,7 @@ class FakeCopier:
         self.calls = 0
 
     async def copy(
-        self, source: Any, destination: Any, options: Any, credentials: Any
+        self, source: Any, destination: Any, options: Any = None, credentials: Any = None
     ) -> CopyReport:
         self.calls += 1
         result = self.results.pop(0)
@@ -112,7 +113,8 @@ async def test_copy_writes_progress_then_ready_and_posts_copied() -> None:
     copier.results = [report()]
     assert service.first_look(body) == 0
     assert await service.reconcile(REF, body, LOG) is None  # no interval: wait for a change
-    assert find_condition(writer.patches[0], "Reconciling")["status"] == "True"  # type: ignore[index]
+    reconciling = find_condition(writer.patches[0], "Reconciling")
+    assert reconciling is not None and reconciling["status"] == "True"
     ready = find_condition(body["status"], "Ready")
     assert ready is not None and ready["status"] == "True" and ready["reason"] == "Copied"
     assert body["status"]["observedGeneration"] == 1
@@ -149,6 +151,62 @@ async def test_needs_a_change_failure_stalls_and_retries_slowly_with_one_event()
         and stalled["reason"] == "SourceNotFound"
     )
     assert events == [("Warning", "CopyFailed")]
+
+
+async def test_a_destination_404_stalls_as_push_rejected() -> None:
+    service, copier, _writer, events, body = make()
+    copier.results = [
+        errors.NotFound(
+            "reg.example/prod/web: repository name not known to registry",
+            status=404,
+            code="NAME_UNKNOWN",
+            operation="start upload",
+            side=errors.Side.DESTINATION,
+        )
+    ]
+    assert await service.reconcile(REF, body, LOG) == 7.0
+    ready = find_condition(body["status"], "Ready")
+    assert ready is not None and ready["reason"] == "PushRejected"
+    assert find_condition(body["status"], "Stalled")["status"] == "True"  # type: ignore[index]
+    assert events == [("Warning", "CopyFailed")]
+
+
+async def test_recovery_after_failures_resets_the_backoff_and_posts_up_to_date() -> None:
+    service, copier, _writer, events, body = make(retry_base=2.0, retry_max=20.0)
+    copier.results = [
+        report(),
+        errors.RateLimited("429", status=429, side=errors.Side.SOURCE),
+        errors.RateLimited("429", status=429, side=errors.Side.SOURCE),
+        report(Outcome.UP_TO_DATE),
+        errors.RateLimited("429", status=429, side=errors.Side.SOURCE),
+    ]
+    await service.reconcile(REF, body, LOG)
+    first = await service.reconcile(REF, body, LOG)
+    second = await service.reconcile(REF, body, LOG)
+    assert first is not None and second is not None and 1 <= first <= 2 and 2 <= second <= 4
+    assert await service.reconcile(REF, body, LOG) is None
+    again = await service.reconcile(REF, body, LOG)
+    assert again is not None and 1 <= again <= 2  # the counter restarted
+    # One event per distinct failure, an UpToDate after recovering, a failure after Ready.
+    assert events == [
+        ("Normal", "Copied"),
+        ("Warning", "CopyFailed"),
+        ("Normal", "UpToDate"),
+        ("Warning", "CopyFailed"),
+    ]
+
+
+async def test_a_status_write_the_api_refuses_is_logged_and_the_reconcile_goes_on() -> None:
+    service, copier, writer, events, body = make()
+    copier.results = [report()]
+
+    async def unavailable(namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+        raise KubernetesUnavailable("writing the status of ns/web failed with 503")
+
+    writer.patch_status = unavailable  # type: ignore[method-assign]
+    assert await service.reconcile(REF, body, LOG) is None
+    assert "status" not in body
+    assert events == [("Normal", "Copied")]
 
 
 async def test_transient_failures_back_off_exponentially() -> None:

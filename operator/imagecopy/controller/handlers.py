@@ -11,8 +11,9 @@ Kopf runs login and start-up concurrently, so whichever comes first creates that
 (``_kube_client``); its calls wait for the first login.
 
 Resuming (operator start) needs no handler of its own: the daemon starts for every existing
-object and looks when its schedule says (``schedule.Schedule.first_look``). Status is written by the service through the ``/status``
-subresource, which never triggers the update handler (it watches ``spec`` only).
+object and looks when its schedule says (``schedule.Schedule.first_look``). Status is written
+by the service through the ``/status`` subresource, which never triggers the update handler
+(it watches ``spec`` only).
 
 Kopf keeps its bookkeeping in annotations (``imagecopy.dev/…``), not in ``status``: the CRD
 schema would prune ``status.kopf``, and the status belongs to the contract
@@ -58,12 +59,13 @@ def _kube_client(memo: kopf.Memo) -> KubeClient:
     return kube
 
 
-@kopf.on.login()
+@kopf.on.login(retries=3, backoff=5.0)
 async def login(
     settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any
 ) -> kopf.ConnectionInfo:
     """The one login, for Kopf and for our own API calls; run again by Kopf whenever the
-    API refuses the current credentials."""
+    API refuses the current credentials. Three failed tries in a row stop the operator (the
+    pod restarts, visibly) instead of leaving it waiting without credentials."""
     info = await asyncio.to_thread(login_from_environment, trust_env=settings.networking.trust_env)
     _kube_client(memo).connect(info)
     logger.info("logged in to Kubernetes at %s", info.server)

@@ -76,14 +76,20 @@ def login_from_environment(*, trust_env: bool = False) -> kopf.ConnectionInfo:
     configuration = client.Configuration()
     default_namespace: str | None = None
     try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration
+        )
         default_namespace = _read_text(SERVICE_ACCOUNT_NAMESPACE_FILE)
     except config.ConfigException:
         # Read at login time (the library reads $KUBECONFIG once, at import).
         kubeconfig = os.environ.get("KUBECONFIG") or "~/.kube/config"
         try:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
-            _, context = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, client_configuration=configuration
+            )
+            _, context = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig
+            )
             default_namespace = ((context or {}).get("context") or {}).get("namespace")
         except (config.ConfigException, OSError) as exc:
             raise kopf.LoginError(
