@@ -1,12 +1,11 @@
-"""The one login and the client built from it, against a tiny fake API server."""
+"""The one login (``login``) and the client built from it (``kube``), against a tiny fake
+API server."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
-import os
-import stat
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,13 +16,8 @@ import kopf
 import pytest
 import yaml
 
-from imagecopy.controller.kube import (
-    KubeClient,
-    KubernetesUnavailable,
-    PemFiles,
-    api_configuration,
-    login_from_environment,
-)
+from imagecopy.controller.kube import Forbidden, KubeClient, KubernetesUnavailable
+from imagecopy.controller.login import api_configuration, login_from_environment
 
 PEM = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
 
@@ -181,8 +175,6 @@ async def test_a_missing_login_is_reported_as_kubernetes_unavailable() -> None:
 
 
 async def test_forbidden_and_unreachable_reads(api: FakeApi) -> None:
-    from imagecopy.controller.kube import Forbidden
-
     kube = KubeClient()
     kube.connect(kopf.ConnectionInfo(server=api.url, token="t"))
     with pytest.raises(Forbidden):
@@ -193,30 +185,27 @@ async def test_forbidden_and_unreachable_reads(api: FakeApi) -> None:
     kube.close()
 
 
-def test_api_configuration_mirrors_every_connection_field(tmp_path: Path) -> None:
-    files = PemFiles()
+def test_api_configuration_mirrors_every_connection_field() -> None:
     info = kopf.ConnectionInfo(
         server="https://api.example:6443",
         ca_data=base64.b64encode(PEM.encode()).decode(),
         insecure=True,
         username="admin",
         password="s3cret",
-        certificate_data=PEM,
-        private_key_data=base64.b64encode(PEM.encode()),
         proxy_url="http://proxy.example:3128",
     )
-    configuration = api_configuration(info, files)
+    configuration = api_configuration(info)
     assert configuration.host == "https://api.example:6443"
     assert configuration.ca_cert_data == PEM
     assert configuration.verify_ssl is False
     assert configuration.proxy == "http://proxy.example:3128"
     basic = base64.b64encode(b"admin:s3cret").decode()
     assert configuration.auth_settings()["BearerToken"]["value"] == f"Basic {basic}"
-    for path in (configuration.cert_file, configuration.key_file):
-        assert Path(path).read_text() == PEM
-        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    files.close()
-    assert not Path(configuration.cert_file).exists()
+
+
+def test_api_configuration_refuses_client_certificate_data() -> None:
+    with pytest.raises(kopf.LoginError, match="as files"):
+        api_configuration(kopf.ConnectionInfo(server="https://x", certificate_data=PEM))
 
 
 def test_api_configuration_uses_paths_as_given() -> None:
@@ -227,7 +216,7 @@ def test_api_configuration_uses_paths_as_given() -> None:
         certificate_path="/etc/client.crt",
         private_key_path="/etc/client.key",
     )
-    configuration = api_configuration(info, PemFiles())
+    configuration = api_configuration(info)
     assert configuration.ssl_ca_cert == "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
     assert configuration.verify_ssl is True
     assert (configuration.cert_file, configuration.key_file) == (

@@ -7,8 +7,10 @@ wake that loop.
 One login: ``login`` is the only ``@kopf.on.login`` handler, so Kopf's own fallbacks
 (``login_via_client`` and friends) never run; the ``ConnectionInfo`` it returns is what Kopf
 uses, and the same one connects the ``KubeClient`` of our Secret reads and status patches.
-Kopf runs login and start-up concurrently, so whichever comes first creates that client
-(``_kube_client``); its calls wait for the first login.
+Kopf (1.45) starts its credentials retriever only once the start-up handlers are done, so
+start-up creates that client unconnected and the first login connects it; ``_kube_client``
+does not depend on the order, and calls made before the first login wait for it (so no
+start-up handler may make one).
 
 Resuming (operator start) needs no handler of its own: the daemon starts for every existing
 object and looks when its schedule says (``schedule.Schedule.first_look``). Status is written
@@ -33,7 +35,8 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from ..copy.engine import Copier
 from ..copy.locations import BlobLocations
 from ..oci.client import RegistryPool
-from .kube import GROUP, PLURAL, VERSION, KubeClient, login_from_environment
+from .kube import GROUP, PLURAL, VERSION, KubeClient
+from .login import login_from_environment
 from .metrics import Metrics, serve_metrics
 from .service import ImageCopyService, ObjectRef, transport_settings
 from .settings import Settings
@@ -51,7 +54,7 @@ def _post_event(ref: ObjectRef, type_: str, reason: str, message: str) -> None:
 
 
 def _kube_client(memo: kopf.Memo) -> KubeClient:
-    """The process's one ``KubeClient``, created by whichever of login and start-up runs
+    """The process's one ``KubeClient``, created by whichever of start-up and login runs
     first (both run on the event loop, so there is no race)."""
     kube = memo.get("kube")
     if kube is None:
