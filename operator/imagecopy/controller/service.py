@@ -287,7 +287,8 @@ class _Attempt:
     async def started(self, spec: ImageCopySpec) -> None:
         """Mark a new generation's first look as in progress (Reconciling, reason Copying);
         a re-check or a retry changes the conditions only when it ends."""
-        if is_current(self.status, self.generation) and find_condition(self.status, READY):
+        ready = find_condition(self.status, READY)
+        if is_current(self.status, self.generation) and ready is not None:
             return
         message = f"Copying {spec.source} to {spec.destination}"
         await self._write(copying_patch(self.status, self.generation, self._now(), message))
