@@ -8,15 +8,15 @@ import logging
 import random
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from imagecopy.controller.kube import KubernetesUnavailable
 from imagecopy.controller.metrics import Metrics
 from imagecopy.controller.service import ImageCopyService, ObjectRef
 from imagecopy.controller.settings import Settings
-from imagecopy.controller.status import apply_patch, condition
-from imagecopy.copy.engine import Copier
+from imagecopy.controller.status import apply_merge_patch, find_condition
 from imagecopy.copy.report import CopyReport, Outcome
 from imagecopy.oci import errors
 
@@ -31,7 +31,7 @@ class FakeCopier:
         self.calls = 0
 
     async def copy(
-        self, source: Any, destination: Any, options: Any, credentials: Any
+        self, source: Any, destination: Any, options: Any = None, credentials: Any = None
     ) -> CopyReport:
         self.calls += 1
         result = self.results.pop(0)
@@ -47,7 +47,7 @@ class Writer:
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         self.patches.append(dict(status))
-        self.body["status"] = apply_patch(self.body.get("status"), status)
+        self.body["status"] = apply_merge_patch(self.body.get("status"), status)
         return True
 
 
@@ -57,6 +57,15 @@ class NoSecrets:
 
     async def read_service_account(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         return None
+
+
+def source_not_found() -> errors.NotFound:
+    return errors.NotFound(
+        "reg.example/dev/web:1 not found",
+        status=404,
+        operation="get manifest",
+        side=errors.Side.SOURCE,
+    )
 
 
 def report(outcome: Outcome = Outcome.COPIED) -> CopyReport:
@@ -87,7 +96,7 @@ def make(
     writer = Writer(body)
     events: list[tuple[str, str]] = []
     service = ImageCopyService(
-        copier=cast(Copier, copier),
+        copier=copier,
         secrets=NoSecrets(),
         status_writer=writer,
         events=lambda ref, type_, reason, message: events.append((type_, reason)),
@@ -102,10 +111,11 @@ def make(
 async def test_copy_writes_progress_then_ready_and_posts_copied() -> None:
     service, copier, writer, events, body = make()
     copier.results = [report()]
-    assert service.first_delay(body) == 0
+    assert service.first_look(body) == 0
     assert await service.reconcile(REF, body, LOG) is None  # no interval: wait for a change
-    assert condition(writer.patches[0], "Reconciling")["status"] == "True"  # type: ignore[index]
-    ready = condition(body["status"], "Ready")
+    reconciling = find_condition(writer.patches[0], "Reconciling")
+    assert reconciling is not None and reconciling["status"] == "True"
+    ready = find_condition(body["status"], "Ready")
     assert ready is not None and ready["status"] == "True" and ready["reason"] == "Copied"
     assert body["status"]["observedGeneration"] == 1
     assert events == [("Normal", "Copied")]
@@ -131,10 +141,10 @@ async def test_interval_check_is_cheap_and_quiet_when_nothing_moved() -> None:
 
 async def test_needs_a_change_failure_stalls_and_retries_slowly_with_one_event() -> None:
     service, copier, _writer, events, body = make()
-    copier.results = [errors.SourceNotFound("reg.example/dev/web:1 not found")] * 3
+    copier.results = [source_not_found()] * 3
     assert await service.reconcile(REF, body, LOG) == 7.0
     assert await service.reconcile(REF, body, LOG) == 7.0
-    stalled = condition(body["status"], "Stalled")
+    stalled = find_condition(body["status"], "Stalled")
     assert (
         stalled is not None
         and stalled["status"] == "True"
@@ -143,14 +153,70 @@ async def test_needs_a_change_failure_stalls_and_retries_slowly_with_one_event()
     assert events == [("Warning", "CopyFailed")]
 
 
+async def test_a_destination_404_stalls_as_push_rejected() -> None:
+    service, copier, _writer, events, body = make()
+    copier.results = [
+        errors.NotFound(
+            "reg.example/prod/web: repository name not known to registry",
+            status=404,
+            code="NAME_UNKNOWN",
+            operation="start upload",
+            side=errors.Side.DESTINATION,
+        )
+    ]
+    assert await service.reconcile(REF, body, LOG) == 7.0
+    ready = find_condition(body["status"], "Ready")
+    assert ready is not None and ready["reason"] == "PushRejected"
+    assert find_condition(body["status"], "Stalled")["status"] == "True"  # type: ignore[index]
+    assert events == [("Warning", "CopyFailed")]
+
+
+async def test_recovery_after_failures_resets_the_backoff_and_posts_up_to_date() -> None:
+    service, copier, _writer, events, body = make(retry_base=2.0, retry_max=20.0)
+    copier.results = [
+        report(),
+        errors.RateLimited("429", status=429, side=errors.Side.SOURCE),
+        errors.RateLimited("429", status=429, side=errors.Side.SOURCE),
+        report(Outcome.UP_TO_DATE),
+        errors.RateLimited("429", status=429, side=errors.Side.SOURCE),
+    ]
+    await service.reconcile(REF, body, LOG)
+    first = await service.reconcile(REF, body, LOG)
+    second = await service.reconcile(REF, body, LOG)
+    assert first is not None and second is not None and 1 <= first <= 2 and 2 <= second <= 4
+    assert await service.reconcile(REF, body, LOG) is None
+    again = await service.reconcile(REF, body, LOG)
+    assert again is not None and 1 <= again <= 2  # the counter restarted
+    # One event per distinct failure, an UpToDate after recovering, a failure after Ready.
+    assert events == [
+        ("Normal", "Copied"),
+        ("Warning", "CopyFailed"),
+        ("Normal", "UpToDate"),
+        ("Warning", "CopyFailed"),
+    ]
+
+
+async def test_a_status_write_the_api_refuses_is_logged_and_the_reconcile_goes_on() -> None:
+    service, copier, writer, events, body = make()
+    copier.results = [report()]
+
+    async def unavailable(namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+        raise KubernetesUnavailable("writing the status of ns/web failed with 503")
+
+    writer.patch_status = unavailable  # type: ignore[method-assign]
+    assert await service.reconcile(REF, body, LOG) is None
+    assert "status" not in body
+    assert events == [("Normal", "Copied")]
+
+
 async def test_transient_failures_back_off_exponentially() -> None:
     service, copier, _writer, _events, body = make(retry_base=2.0, retry_max=20.0)
-    copier.results = [errors.RegistryUnreachable("down")] * 6
+    copier.results = [errors.RegistryUnreachable("down", side=errors.Side.SOURCE)] * 6
     delays = [await service.reconcile(REF, body, LOG) for _ in range(6)]
     assert delays[0] is not None and 1 <= delays[0] <= 2
     assert delays[3] is not None and 8 <= delays[3] <= 16
     assert delays[5] is not None and 10 <= delays[5] <= 20
-    reconciling = condition(body["status"], "Reconciling")
+    reconciling = find_condition(body["status"], "Reconciling")
     assert reconciling is not None and reconciling["status"] == "True"
 
 
@@ -159,7 +225,7 @@ async def test_internal_errors_are_transient_and_hide_their_message() -> None:
     copier.results = [KeyError("token=secret")]
     delay = await service.reconcile(REF, body, LOG)
     assert delay is not None and delay <= 2
-    ready = condition(body["status"], "Ready")
+    ready = find_condition(body["status"], "Ready")
     assert ready is not None and ready["reason"] == "InternalError"
     assert "secret" not in ready["message"]
 
@@ -168,7 +234,7 @@ async def test_disallowed_registry_stalls_without_copying() -> None:
     service, copier, _writer, _events, body = make(allowed_registries=("*.internal",))
     assert await service.reconcile(REF, body, LOG) == 7.0
     assert copier.calls == 0
-    ready = condition(body["status"], "Ready")
+    ready = find_condition(body["status"], "Ready")
     assert ready is not None and ready["reason"] == "RegistryNotAllowed"
 
 
@@ -184,11 +250,11 @@ async def test_suspend_does_no_work_and_waits_for_a_change() -> None:
     assert await service.reconcile(REF, body, LOG) is None
     assert copier.calls == 0
     assert len(writer.patches) == 1
-    assert condition(body["status"], "Ready")["reason"] == "Suspended"  # type: ignore[index]
-    assert service.first_delay(body) is None
+    assert find_condition(body["status"], "Ready")["reason"] == "Suspended"  # type: ignore[index]
+    assert service.first_look(body) is None
 
 
-async def test_first_delay_after_restart_counts_from_the_last_sync() -> None:
+async def test_first_look_after_restart_counts_from_the_last_sync() -> None:
     service, copier, _writer, _events, body = make(
         {
             "source": {"image": "reg.example/dev/web:1"},
@@ -199,10 +265,10 @@ async def test_first_delay_after_restart_counts_from_the_last_sync() -> None:
     copier.results = [report()]
     await service.reconcile(REF, body, LOG)
     body["status"]["lastSyncTime"] = (NOW - timedelta(minutes=4)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    delay = service.first_delay(body)
+    delay = service.first_look(body)
     assert delay is not None and 360 <= delay <= 390
     body["metadata"]["generation"] = 2  # a spec change while the operator was down
-    assert service.first_delay(body) == 0
+    assert service.first_look(body) == 0
 
 
 async def test_run_wakes_on_request_and_stops_on_signal() -> None:
@@ -252,7 +318,7 @@ async def test_copies_across_objects_are_bounded_by_max_concurrent_copies() -> N
             running -= 1
             return report()
 
-    service.copier = cast(Copier, SlowCopier())
+    service.copier = SlowCopier()
     bodies = [
         {
             "metadata": {"generation": 1},

@@ -9,6 +9,7 @@ from imagecopy.controller.spec import parse_spec
 from imagecopy.copy.options import TagPolicy
 from imagecopy.oci.errors import InvalidSpec
 from imagecopy.oci.netguard import DEFAULT_BLOCKED_NETWORKS
+from imagecopy.oci.reference import Reference, Registry
 
 
 def spec(**kw: object) -> dict[str, object]:
@@ -77,6 +78,9 @@ def test_defaults() -> None:
             {"source": {"image": "reg.example.com/a:1", "secretRef": {"name": "Bad_Name"}}},
             "Secret name",
         ),
+        ({"mount": {"fromRepositories": ["Prod/Base"]}}, "'Prod/Base' is not a repository"),
+        ({"mount": {"fromRepositories": ["prod//base"]}}, "spec.mount.fromRepositories"),
+        ({"mount": {"fromRepositories": ["prod/base:1"]}}, "spec.mount.fromRepositories"),
     ],
 )
 def test_invalid_specs_name_the_field(override: dict[str, object], needle: str) -> None:
@@ -150,3 +154,19 @@ def test_bad_settings_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(SettingsError) as info:
         Settings.from_env(env)
     assert next(iter(env)) in str(info.value)
+
+
+def test_registry_allowed_matches_host_port_and_host_of_a_registry_value() -> None:
+    s = Settings(allowed_registries=("*.example.com", "127.0.0.1:*"))
+    assert s.registry_allowed(Registry.parse("registry.example.com"))
+    assert s.registry_allowed(Registry.parse("Registry.Example.com:5000"))  # by host
+    assert s.registry_allowed(Registry.parse("127.0.0.1:5000"))  # by host:port
+    assert not s.registry_allowed(Registry.parse("127.0.0.1"))
+    assert not s.registry_allowed(Reference.parse("web:1").registry)
+
+
+def test_any_docker_hub_alias_in_the_list_allows_docker_hub() -> None:
+    for alias in ("docker.io", "index.docker.io", "registry-1.docker.io"):
+        s = Settings(allowed_registries=(alias,))
+        assert s.registry_allowed(Reference.parse("library/web:1").registry)
+        assert s.registry_allowed("docker.io")

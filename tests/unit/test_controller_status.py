@@ -1,23 +1,27 @@
-"""Status and condition mapping: pure functions, no cluster."""
+"""Status and conditions: pure functions of (previous status, what happened, now)."""
 
 from __future__ import annotations
 
-import random
 from datetime import UTC, datetime, timedelta
 
-from imagecopy.controller.kube import KubernetesUnavailable
+import pytest
+
+from imagecopy.controller.failures import Failure, failure_for
 from imagecopy.controller.status import (
-    apply_patch,
-    classify,
-    condition,
+    apply_merge_patch,
+    copying_patch,
     failure_patch,
-    is_settled,
-    progressing_patch,
-    retry_delay,
-    set_condition,
+    find_condition,
+    format_timestamp,
+    is_current,
+    is_ready_for,
+    is_suspended_for,
+    parse_timestamp,
     success_patch,
     suspended_patch,
     totals_after,
+    true_conditions,
+    with_condition,
 )
 from imagecopy.copy.report import CopyReport, Outcome
 from imagecopy.oci import errors
@@ -53,13 +57,13 @@ def conditions_by_type(status: dict[str, object]) -> dict[str, dict[str, object]
 
 
 def test_transition_time_changes_only_when_status_flips() -> None:
-    conds = set_condition([], "Ready", "False", "Copying", "m", 1, T0)
+    conds = with_condition([], "Ready", "False", "Copying", "m", 1, T0)
     assert conds[0]["lastTransitionTime"] == "2026-11-27T18:00:00Z"
-    same = set_condition(conds, "Ready", "False", "SourceNotFound", "other", 2, T1)
+    same = with_condition(conds, "Ready", "False", "SourceNotFound", "other", 2, T1)
     assert same[0]["lastTransitionTime"] == "2026-11-27T18:00:00Z"
     assert same[0]["reason"] == "SourceNotFound"
     assert same[0]["observedGeneration"] == 2
-    flipped = set_condition(same, "Ready", "True", "Copied", "ok", 2, T1)
+    flipped = with_condition(same, "Ready", "True", "Copied", "ok", 2, T1)
     assert flipped[0]["lastTransitionTime"] == "2026-11-27T18:05:00Z"
 
 
@@ -84,90 +88,84 @@ def test_success_after_copy_sets_ready_last_copy_totals_and_pinned_image() -> No
 
 
 def test_totals_accumulate_across_copies_and_ignore_no_ops() -> None:
-    first = apply_patch({}, success_patch({}, copied_report(), 1, T0))
-    second = apply_patch(first, success_patch(first, copied_report(), 1, T1))
+    first = apply_merge_patch({}, success_patch({}, copied_report(), 1, T0))
+    second = apply_merge_patch(first, success_patch(first, copied_report(), 1, T1))
     assert second["totals"] == {"copies": 2, "mountedBlobs": 6, "bytesSaved": 8000}
     noop = copied_report(outcome=Outcome.UP_TO_DATE)
     third_patch = success_patch(second, noop, 1, T1)
     assert "lastCopy" not in third_patch  # only a copy that moved anything replaces it
     assert "totals" not in third_patch
-    third = apply_patch(second, third_patch)
+    third = apply_merge_patch(second, third_patch)
     assert third["totals"]["copies"] == 2
     assert third["lastCopy"] == second["lastCopy"]
     assert totals_after(None, noop) == {"copies": 0, "mountedBlobs": 0, "bytesSaved": 0}
 
 
 def test_up_to_date_is_ready_with_reason_up_to_date_and_fresh_sync_time() -> None:
-    before = apply_patch({}, success_patch({}, copied_report(), 1, T0))
+    before = apply_merge_patch({}, success_patch({}, copied_report(), 1, T0))
     patch = success_patch(before, copied_report(outcome=Outcome.UP_TO_DATE), 1, T1)
-    ready = condition(patch, "Ready")
+    ready = find_condition(patch, "Ready")
     assert ready is not None and ready["reason"] == "UpToDate"
     assert ready["lastTransitionTime"] == "2026-11-27T18:00:00Z"  # stayed True
     assert patch["lastSyncTime"] == "2026-11-27T18:05:00Z"
 
 
-def test_needs_a_change_failures_stall() -> None:
-    for exc in (
-        errors.InvalidSpec("bad"),
+@pytest.mark.parametrize(
+    "exc",
+    [
         errors.SecretNotFound("Secret x not found"),
-        errors.SecretInvalid("bad secret"),
-        errors.Unauthorized("401"),
-        errors.Forbidden("403"),
-        errors.SourceNotFound("gone"),
+        errors.NotFound("gone", status=404, side=errors.Side.SOURCE),
         errors.TagConflict("moved"),
-        errors.RegistryNotAllowed("no"),
-        errors.TLSError("tls"),
-        errors.DigestMismatch("dm"),
-        errors.UnsupportedMediaType("schema1"),
-        errors.ManifestTooLarge("big"),
-        errors.PushRejected("no"),
-    ):
-        failure = classify(exc)
-        assert failure.stalled, exc
-        assert failure.reason == exc.reason
-        patch = failure_patch({}, failure, 2, T0)
-        conds = conditions_by_type(patch)
-        assert conds["Ready"]["status"] == "False"
-        assert conds["Ready"]["reason"] == exc.reason
-        assert conds["Stalled"]["status"] == "True"
-        assert conds["Reconciling"]["status"] == "False"
-        assert patch["observedGeneration"] == 2
+    ],
+)
+def test_a_stalled_failure_sets_ready_false_and_stalled_true(exc: Exception) -> None:
+    failure = failure_for(exc)
+    patch = failure_patch({}, failure, 2, T0)
+    conds = conditions_by_type(patch)
+    assert conds["Ready"]["status"] == "False"
+    assert conds["Ready"]["reason"] == failure.reason
+    assert conds["Ready"]["message"] == failure.message
+    assert conds["Stalled"]["status"] == "True"
+    assert conds["Stalled"]["message"] == failure.message
+    assert conds["Reconciling"]["status"] == "False"
+    assert patch["observedGeneration"] == 2
+    assert set(patch) == {"observedGeneration", "conditions"}  # the last success stays
 
 
-def test_transient_failures_keep_reconciling() -> None:
-    for exc, reason in (
-        (errors.RegistryUnreachable("down"), "RegistryUnreachable"),
-        (errors.RateLimited("429"), "RateLimited"),
-        (KubernetesUnavailable("api down"), "InternalError"),
-        (errors.RegistryError("weird 400"), "InternalError"),
-    ):
-        failure = classify(exc)
-        assert not failure.stalled
-        assert failure.reason == reason
-        conds = conditions_by_type(failure_patch({}, failure, 1, T0))
-        assert conds["Reconciling"]["status"] == "True"
-        assert conds["Stalled"]["status"] == "False"
-        assert conds["Ready"]["status"] == "False"
+def test_a_transient_failure_keeps_reconciling_with_a_retrying_message() -> None:
+    failure = Failure("RegistryUnreachable", "reg.example refused the connection", stalled=False)
+    conds = conditions_by_type(failure_patch({}, failure, 1, T0))
+    assert conds["Ready"]["status"] == "False"
+    assert conds["Reconciling"]["status"] == "True"
+    assert conds["Reconciling"]["message"] == "Retrying: reg.example refused the connection"
+    assert conds["Stalled"]["status"] == "False"
+    assert {c["reason"] for c in conds.values()} == {"RegistryUnreachable"}
 
 
-def test_unknown_exceptions_are_internal_errors_without_their_message() -> None:
-    failure = classify(RuntimeError("Authorization: Basic c2VjcmV0"))
-    assert failure.reason == "InternalError"
-    assert not failure.stalled
-    assert "c2VjcmV0" not in failure.message
-    assert "RuntimeError" in failure.message
+def test_status_readers() -> None:
+    ready = apply_merge_patch({}, success_patch({}, copied_report(), 1, T0))
+    assert is_current(ready, 1) and not is_current(ready, 2) and not is_current(None, 0)
+    assert true_conditions(ready) == {"Ready"}
+    assert true_conditions(None) == frozenset()
+    suspended = apply_merge_patch(ready, suspended_patch(ready, 1, T1))
+    assert is_suspended_for(suspended, 1)
+    assert not is_suspended_for(suspended, 2)
+    assert not is_suspended_for(ready, 1)
+    assert parse_timestamp(format_timestamp(T1)) == T1
+    assert parse_timestamp("yesterday") is None
+    assert parse_timestamp(None) is None
 
 
 def test_progress_and_suspend() -> None:
-    ready = apply_patch({}, success_patch({}, copied_report(), 1, T0))
-    progress = progressing_patch(ready, 2, T1, "Copying a to b")
+    ready = apply_merge_patch({}, success_patch({}, copied_report(), 1, T0))
+    progress = copying_patch(ready, 2, T1, "Copying a to b")
     conds = conditions_by_type(progress)
     assert conds["Reconciling"]["status"] == "True"
     assert conds["Ready"]["status"] == "Unknown"
     assert progress["observedGeneration"] == 2
-    assert not is_settled(apply_patch(ready, progress), 2)
-    assert is_settled(ready, 1)
-    assert not is_settled(ready, 2)
+    assert not is_ready_for(apply_merge_patch(ready, progress), 2)
+    assert is_ready_for(ready, 1)
+    assert not is_ready_for(ready, 2)
 
     suspended = conditions_by_type(suspended_patch(ready, 2, T1))
     assert suspended["Ready"]["reason"] == "Suspended"
@@ -182,17 +180,9 @@ def test_foreign_conditions_are_kept() -> None:
     assert [c["type"] for c in patch["conditions"]] == ["Ready", "Reconciling", "Stalled", "Custom"]
 
 
-def test_retry_delay_grows_and_is_capped() -> None:
-    rng = random.Random(1)
-    delays = [retry_delay(n, 2.0, 60.0, rng) for n in range(1, 10)]
-    assert 1.0 <= delays[0] <= 2.0
-    assert 2.0 <= delays[1] <= 4.0
-    assert all(30.0 <= d <= 60.0 for d in delays[5:])
-
-
-def test_apply_patch_merges_objects_and_replaces_lists() -> None:
+def test_apply_merge_patch_merges_objects_and_replaces_lists() -> None:
     status = {"a": {"x": 1, "y": 2}, "l": [1, 2], "k": 1}
-    assert apply_patch(status, {"a": {"y": 3}, "l": [3], "k": None}) == {
+    assert apply_merge_patch(status, {"a": {"y": 3}, "l": [3], "k": None}) == {
         "a": {"x": 1, "y": 3},
         "l": [3],
     }

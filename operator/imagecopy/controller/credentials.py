@@ -1,6 +1,6 @@
 """Registry credentials of one ImageCopy, from Secrets of the object's own namespace.
 
-Rules (API.md §1):
+Rules (docs/reference.md §1, "``secretRef`` rules"):
 - ``secretRef`` names a Secret in the ImageCopy's namespace. There is no way to name another
   namespace: the lookup always uses the object's namespace.
 - Accepted Secret types: ``kubernetes.io/dockerconfigjson`` and ``kubernetes.io/dockercfg``.
@@ -130,20 +130,20 @@ async def resolve_credentials(
     destination_side = destination_store if destination_store is not None else fallback
     assert source_side is not None and destination_side is not None
 
-    src_host = spec.source.registry
-    dst_host = spec.destination.registry
+    source_registry = spec.source.registry
+    destination_registry = spec.destination.registry
     chosen: dict[str, Credential] = {}
-    source_credential = source_side.get(src_host)
-    destination_credential = destination_side.get(dst_host)
-    if src_host == dst_host:
+    source_credential = source_side.get(str(source_registry))
+    destination_credential = destination_side.get(str(destination_registry))
+    if source_registry == destination_registry:
         credential = (
             destination_credential if not destination_credential.anonymous else source_credential
         )
         if not credential.anonymous:
-            chosen[dst_host] = credential
+            chosen[str(destination_registry)] = credential
     else:
         if not source_credential.anonymous:
-            chosen[src_host] = source_credential
+            chosen[str(source_registry)] = source_credential
         if not destination_credential.anonymous:
-            chosen[dst_host] = destination_credential
+            chosen[str(destination_registry)] = destination_credential
     return CredentialStore(chosen)

@@ -2,17 +2,29 @@
 
 Thin on purpose: process-wide clients are built at start-up and kept in ``memo``; every
 object gets one daemon that runs the service's reconcile loop; creation and spec updates only
-wake that loop. Resuming (operator start) needs no handler of its own: the daemon starts for
-every existing object and looks at once when the object is not settled, else at its next
-interval (with jitter). Status is written by the service through the ``/status``
-subresource, which never triggers the update handler (it watches ``spec`` only).
+wake that loop.
+
+One login: ``login`` is the only ``@kopf.on.login`` handler, so Kopf's own fallbacks
+(``login_via_client`` and friends) never run; the ``ConnectionInfo`` it returns is what Kopf
+uses, and the same one connects the ``KubeClient`` of our Secret reads and status patches.
+Kopf (1.45) starts its credentials retriever only once the start-up handlers are done, so
+start-up creates that client unconnected and the first login connects it; ``_kube_client``
+does not depend on the order, and calls made before the first login wait for it (so no
+start-up handler may make one).
+
+Resuming (operator start) needs no handler of its own: the daemon starts for every existing
+object and looks when its schedule says (``schedule.Schedule.first_look``). Status is written
+by the service through the ``/status`` subresource, which never triggers the update handler
+(it watches ``spec`` only).
 
 Kopf keeps its bookkeeping in annotations (``imagecopy.dev/…``), not in ``status``: the CRD
-schema would prune ``status.kopf``, and the status belongs to the API contract.
+schema would prune ``status.kopf``, and the status belongs to the contract
+(docs/reference.md §1, "Bookkeeping on the object").
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from typing import Any, cast
@@ -22,9 +34,11 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from ..copy.engine import Copier
 from ..copy.locations import BlobLocations
+from ..oci.client import RegistryPool
 from .kube import GROUP, PLURAL, VERSION, KubeClient
+from .login import login_from_environment
 from .metrics import Metrics, serve_metrics
-from .service import ImageCopyService, InstrumentedPool, ObjectRef, transport_settings
+from .service import ImageCopyService, ObjectRef, transport_settings
 from .settings import Settings
 
 KIND = "ImageCopy"
@@ -37,6 +51,28 @@ def _post_event(ref: ObjectRef, type_: str, reason: str, message: str) -> None:
         "metadata": {"namespace": ref.namespace, "name": ref.name, "uid": ref.uid},
     }
     kopf.event(kopf.Body(cast(Any, body)), type=type_, reason=reason, message=message[:1024])
+
+
+def _kube_client(memo: kopf.Memo) -> KubeClient:
+    """The process's one ``KubeClient``, created by whichever of start-up and login runs
+    first (both run on the event loop, so there is no race)."""
+    kube = memo.get("kube")
+    if kube is None:
+        kube = memo["kube"] = KubeClient()
+    return kube
+
+
+@kopf.on.login(retries=3, backoff=5.0)
+async def login(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any
+) -> kopf.ConnectionInfo:
+    """The one login, for Kopf and for our own API calls; run again by Kopf whenever the
+    API refuses the current credentials. Three failed tries in a row stop the operator (the
+    pod restarts, visibly) instead of leaving it waiting without credentials."""
+    info = await asyncio.to_thread(login_from_environment, trust_env=settings.networking.trust_env)
+    _kube_client(memo).connect(info)
+    logger.info("logged in to Kubernetes at %s", info.server)
+    return info
 
 
 @kopf.on.startup()
@@ -60,10 +96,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
     metrics = Metrics(registry)
     if config.metrics_port:
         serve_metrics(config.metrics_port, registry)
-    pool = InstrumentedPool(transport_settings(config), metrics)
-    kube = KubeClient.from_environment()
+    pool = RegistryPool(transport_settings(config), on_request=metrics.record_request)
+    kube = _kube_client(memo)
     memo.pool = pool
-    memo.kube = kube
     memo.service = ImageCopyService(
         copier=Copier(pool, BlobLocations()),
         secrets=kube,

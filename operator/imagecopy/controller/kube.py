@@ -1,23 +1,36 @@
 """The operator's own Kubernetes API calls beyond what Kopf does for the watched resource:
-``get`` of Secrets and ServiceAccounts, and merge patches of ``ImageCopy`` status.
+``get`` of Secrets and ServiceAccounts, and merge patches of ``ImageCopy`` status
+(docs/reference.md §2, §9).
+
+The client has no login of its own: ``connect`` takes the ``ConnectionInfo`` of Kopf's login
+(``login``), and every re-login connects it again. Calls made before the first login wait
+for it.
 
 Uses the synchronous ``kubernetes`` client in a worker thread (``kubernetes_asyncio`` is not a
-dependency), configured the way Kopf logs in: in-cluster service account, else the
-kubeconfig (``KUBECONFIG`` or ``~/.kube/config``). Only ``get`` is ever called on Secrets.
+dependency). Only ``get`` is ever called on Secrets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import kopf
 import urllib3
 
 from ..oci.errors import ImageCopyError
+from .login import api_configuration
 
-__all__ = ["GROUP", "PLURAL", "VERSION", "KubeClient", "KubernetesUnavailable"]
+__all__ = [
+    "GROUP",
+    "PLURAL",
+    "VERSION",
+    "Forbidden",
+    "KubeClient",
+    "KubernetesUnavailable",
+]
 
 GROUP = "imagecopy.dev"
 VERSION = "v1alpha1"
@@ -27,40 +40,68 @@ _TIMEOUT = (10.0, 30.0)
 
 
 class KubernetesUnavailable(ImageCopyError):
-    """The Kubernetes API did not answer a read the copy needs; worth another try."""
+    """The Kubernetes API did not answer a call the copy needs; worth another try."""
 
-    reason = "InternalError"
     label = "kubernetes API unavailable"
-    transient = True
 
 
 class Forbidden(Exception):
     """The API refused the operator (RBAC)."""
 
 
-class KubeClient:
-    """A few typed calls over one ``kubernetes.client.ApiClient``."""
+class _Apis:
+    """The typed API groups over one ``ApiClient`` (one login)."""
 
     def __init__(self, api_client: Any) -> None:
         from kubernetes import client
 
         self.api_client = api_client
-        self._core = client.CoreV1Api(api_client)
-        self._custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
 
-    @classmethod
-    def from_environment(cls) -> KubeClient:
-        from kubernetes import client, config
 
-        configuration = client.Configuration()
-        try:
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return cls(client.ApiClient(configuration))
+class KubeClient:
+    """A few typed calls over the ``kubernetes`` client, connected by ``connect``."""
+
+    def __init__(self, *, login_timeout: float = 60.0) -> None:
+        self._login_timeout = login_timeout
+        self._apis: _Apis | None = None
+        self._connected = asyncio.Event()
+        # Clients of earlier logins: a call in a worker thread may still be using one.
+        self._retired: list[Any] = []
+
+    @property
+    def connected(self) -> bool:
+        return self._apis is not None
+
+    def connect(self, info: kopf.ConnectionInfo) -> None:
+        """Use the credentials of a (new) login from now on. Call it on the event loop."""
+        from kubernetes import client
+
+        apis = _Apis(client.ApiClient(api_configuration(info)))
+        if self._apis is not None:
+            self._retired.append(self._apis.api_client)
+        self._apis = apis
+        self._connected.set()
 
     def close(self) -> None:
-        self.api_client.close()
+        for api_client in [*self._retired, *([self._apis.api_client] if self._apis else [])]:
+            api_client.close()
+        self._retired.clear()
+        self._apis = None
+        self._connected.clear()
+
+    async def _current(self, what: str) -> _Apis:
+        """The API of the latest login; waits for the first one."""
+        if self._apis is None:
+            try:
+                await asyncio.wait_for(self._connected.wait(), self._login_timeout)
+            except TimeoutError:
+                raise KubernetesUnavailable(
+                    f"{what} failed: the operator has not logged in to Kubernetes yet"
+                ) from None
+        assert self._apis is not None
+        return self._apis
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -69,38 +110,18 @@ class KubeClient:
 
         Raises ``Forbidden`` when RBAC denies it, ``KubernetesUnavailable`` on other errors.
         """
+        what = f"reading Secret {namespace}/{name}"
+        apis = await self._current(what)
         return await asyncio.to_thread(
-            self._read, self._core.read_namespaced_secret, namespace, name, "Secret"
+            _read, apis.core.read_namespaced_secret, namespace, name, what
         )
 
     async def read_service_account(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        what = f"reading ServiceAccount {namespace}/{name}"
+        apis = await self._current(what)
         return await asyncio.to_thread(
-            self._read,
-            self._core.read_namespaced_service_account,
-            namespace,
-            name,
-            "ServiceAccount",
+            _read, apis.core.read_namespaced_service_account, namespace, name, what
         )
-
-    def _read(self, method: Any, namespace: str, name: str, kind: str) -> Mapping[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            response = method(name, namespace, _preload_content=False, _request_timeout=_TIMEOUT)
-            document = json.loads(response.data)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            if exc.status == 403:
-                raise Forbidden(f"reading {kind} {namespace}/{name} is forbidden") from None
-            raise KubernetesUnavailable(
-                f"reading {kind} {namespace}/{name} failed with {exc.status}"
-            ) from None
-        except (OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
-            raise KubernetesUnavailable(
-                f"reading {kind} {namespace}/{name} failed: {type(exc).__name__}"
-            ) from None
-        return document if isinstance(document, Mapping) else None
 
     # -- status -----------------------------------------------------------------------------
 
@@ -109,32 +130,52 @@ class KubeClient:
 
         Returns False when the object is gone. Other failures raise ``KubernetesUnavailable``.
         """
-        return await asyncio.to_thread(self._patch_status, namespace, name, dict(status))
+        what = f"writing the status of {namespace}/{name}"
+        apis = await self._current(what)
+        return await asyncio.to_thread(_patch_status, apis, namespace, name, dict(status), what)
 
-    def _patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
-        from kubernetes.client.exceptions import ApiException
 
-        try:
-            self._custom.patch_namespaced_custom_object_status(
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                {"status": status},
-                field_manager=FIELD_MANAGER,
-                _content_type="application/merge-patch+json",
-                _preload_content=False,
-                _request_timeout=_TIMEOUT,
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise KubernetesUnavailable(
-                f"writing the status of {namespace}/{name} failed with {exc.status}"
-            ) from None
-        except (OSError, urllib3.exceptions.HTTPError) as exc:
-            raise KubernetesUnavailable(
-                f"writing the status of {namespace}/{name} failed: {type(exc).__name__}"
-            ) from None
-        return True
+def _read(
+    method: Callable[..., Any], namespace: str, name: str, what: str
+) -> Mapping[str, Any] | None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        response = method(name, namespace, _preload_content=False, _request_timeout=_TIMEOUT)
+        document = json.loads(response.data)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        if exc.status == 403:
+            raise Forbidden(f"{what} is forbidden") from None
+        raise KubernetesUnavailable(f"{what} failed with {exc.status}") from None
+    except (OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
+        raise KubernetesUnavailable(f"{what} failed: {type(exc).__name__}") from None
+    return document if isinstance(document, Mapping) else None
+
+
+def _patch_status(
+    apis: _Apis, namespace: str, name: str, status: dict[str, Any], what: str
+) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        apis.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": status},
+            field_manager=FIELD_MANAGER,
+            _content_type="application/merge-patch+json",
+            _preload_content=False,
+            _request_timeout=_TIMEOUT,
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise KubernetesUnavailable(f"{what} failed with {exc.status}") from None
+    except (OSError, urllib3.exceptions.HTTPError) as exc:
+        raise KubernetesUnavailable(f"{what} failed: {type(exc).__name__}") from None
+    return True

@@ -1,4 +1,4 @@
-"""Prometheus metrics of API.md §5 and the ``/metrics`` endpoint.
+"""Prometheus metrics of docs/reference.md §8 and the ``/metrics`` endpoint.
 
 One ``Metrics`` per process, on the default registry in the operator; tests pass their own
 ``CollectorRegistry``.
@@ -86,7 +86,7 @@ class Metrics:
         self.copies.labels(reason).inc()
 
     def record_request(self, registry: str, method: str, code: str) -> None:
-        """A ``RequestStats`` listener."""
+        """The registry pool's ``on_request`` hook: one HTTP request attempt."""
         self.requests.labels(registry, method, code).inc()
 
     def set_objects(self, true_conditions: Iterable[frozenset[str]]) -> None:

@@ -1,18 +1,14 @@
-"""The ImageCopy service: spec ⇄ engine ⇄ status, and when to look again.
+"""The ImageCopy service: spec ⇄ engine ⇄ status, one object at a time.
 
 Each object has one worker loop (run by a Kopf daemon) that reconciles, writes the status,
-then sleeps until the next check is due or a spec change wakes it. All copies of one object
-therefore run one at a time, and every schedule lives in one place:
+then sleeps until the next look is due (``schedule``) or a spec change wakes it. All copies
+of one object therefore run one at a time. One reconcile is one ``_Attempt``: it knows the
+object, the status it started from and the generation it works on, and ends in exactly one
+of success, failure (reason and kind from ``failures``) or suspended.
 
-- success: the next check after ``spec.interval`` (with a little jitter), else only on a
-  spec change;
-- transient failure (unreachable, 429, 5xx, internal): capped exponential backoff;
-- failure that needs a change (Stalled): every ``IMAGECOPY_STALLED_RETRY``, and at once on a
-  spec change; a fixed Secret is picked up at the next slow retry;
-- suspended: nothing until the spec changes.
-
-Nothing here imports Kopf: Kopf hands in the live body, a stop signal and a logger; Kubernetes
-writes go through the small ``StatusWriter`` and ``EventSink`` interfaces.
+Nothing here imports Kopf: Kopf hands in the live body, a stop signal and a logger; the
+engine and the Kubernetes writes go through the small ``CopyEngine``, ``SecretReader``,
+``StatusWriter`` and ``EventSink`` interfaces (docs/reference.md §3 for what is written).
 """
 
 from __future__ import annotations
@@ -25,34 +21,37 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from ..copy.engine import Copier
+from ..copy.options import CopyOptions
 from ..copy.report import CopyReport, Outcome
-from ..oci.client import RegistryPool, Session, TransportSettings
+from ..oci.client import TransportSettings
 from ..oci.credentials import CredentialStore
 from ..oci.errors import ImageCopyError, RegistryNotAllowed
+from ..oci.reference import Reference
 from .credentials import SecretReader, resolve_credentials
+from .failures import Failure, failure_for
 from .kube import KubernetesUnavailable
 from .metrics import Metrics
+from .schedule import Schedule
 from .settings import Settings, format_duration
 from .spec import ImageCopySpec, parse_spec
 from .status import (
     READY,
-    Failure,
-    apply_patch,
-    classify,
-    condition,
+    apply_merge_patch,
+    copying_patch,
     failure_patch,
-    is_settled,
-    progressing_patch,
-    retry_delay,
+    find_condition,
+    is_current,
+    is_ready_for,
+    is_suspended_for,
     success_patch,
     suspended_patch,
+    true_conditions,
 )
 
 __all__ = [
+    "CopyEngine",
     "EventSink",
     "ImageCopyService",
-    "InstrumentedPool",
     "ObjectRef",
     "StatusWriter",
     "transport_settings",
@@ -69,6 +68,18 @@ class ObjectRef:
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+class CopyEngine(Protocol):
+    """``copy.Copier``: one copy, source to destination, returning what it did."""
+
+    async def copy(
+        self,
+        source: Reference,
+        destination: Reference,
+        options: CopyOptions | None = None,
+        credentials: CredentialStore | None = None,
+    ) -> CopyReport: ...
 
 
 class StatusWriter(Protocol):
@@ -91,27 +102,18 @@ def transport_settings(settings: Settings) -> TransportSettings:
     )
 
 
-class InstrumentedPool(RegistryPool):
-    """The process-wide pool; every session feeds ``imagecopy_registry_requests_total``."""
-
-    def __init__(self, settings: TransportSettings, metrics: Metrics) -> None:
-        super().__init__(settings)
-        self._metrics = metrics
-
-    def session(self, credentials: CredentialStore | None = None) -> Session:
-        session = super().session(credentials)
-        session.stats.listeners.append(self._metrics.record_request)
-        return session
-
-
 @dataclass
 class _ObjectState:
+    """What the worker of one object remembers between reconciles."""
+
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: The status as this process last wrote it (the watch may lag behind).
     status: dict[str, Any] | None = None
-    failures: int = 0
+    #: Transient failures in a row (the backoff step); reset by anything else.
+    transient_failures: int = 0
     #: The generation of the last reconcile started (-1: none yet).
     started_generation: int = -1
+    #: (reason, message) of the last failure: a repeat posts no second event.
     last_failure: tuple[str, str] | None = None
     true_conditions: frozenset[str] = frozenset()
 
@@ -120,7 +122,7 @@ class ImageCopyService:
     def __init__(
         self,
         *,
-        copier: Copier,
+        copier: CopyEngine,
         secrets: SecretReader,
         status_writer: StatusWriter,
         events: EventSink,
@@ -135,8 +137,8 @@ class ImageCopyService:
         self.events = events
         self.metrics = metrics
         self.settings = settings
+        self.schedule = Schedule.from_settings(settings, rng=rng, now=now)
         self._now = now
-        self._rng = rng or random.Random()
         self._copy_slots = asyncio.Semaphore(settings.max_concurrent_copies)
         self._objects: dict[str, _ObjectState] = {}
 
@@ -160,10 +162,10 @@ class ImageCopyService:
         state = self._state(ref)
         stop = asyncio.ensure_future(stopped)
         if state.status is None:
-            state.true_conditions = _true_conditions(body.get("status"))
+            state.true_conditions = true_conditions(body.get("status"))
             self._update_object_gauge()
         try:
-            delay = self.first_delay(body)
+            delay = self.first_look(body)
             while await self._sleep(state, delay, stop):
                 delay = await self.reconcile(ref, body, logger)
         finally:
@@ -186,32 +188,15 @@ class ImageCopyService:
         state.wake.clear()
         return not stop.done()
 
-    def first_delay(self, body: Mapping[str, Any]) -> float | None:
-        """When a worker that just started (new object or operator start) looks first.
-
-        Anything not settled for its generation goes at once (a copy cut short by a restart
-        resumes). Settled objects wait for their next interval, counted from the last sync,
-        plus jitter so a restart does not check every object in the same second.
-        """
-        generation = _generation(body)
-        status = body.get("status") or {}
+    def first_look(self, body: Mapping[str, Any]) -> float | None:
+        """Seconds until a worker that just started looks at ``body`` (None: on a change)."""
         try:
-            spec = parse_spec(body.get("spec"), self.settings.default_interval)
+            spec: ImageCopySpec | None = parse_spec(
+                body.get("spec"), self.settings.default_interval
+            )
         except ImageCopyError:
-            return 0
-        ready = condition(status, READY)
-        current = status.get("observedGeneration") == generation
-        if spec.suspend:
-            return None if current and ready and ready.get("reason") == "Suspended" else 0
-        if not is_settled(status, generation):
-            return 0 if not current else self._rng.uniform(0, 2)
-        if spec.interval is None:
-            return None
-        due = spec.interval
-        last = _parse_time(status.get("lastSyncTime"))
-        if last is not None:
-            due = max(0.0, (last - self._now()).total_seconds() + spec.interval)
-        return due + self._rng.uniform(0, min(spec.interval * 0.1, 30.0))
+            spec = None
+        return self.schedule.first_look(spec, body.get("status"), _generation(body))
 
     # -- one reconcile -----------------------------------------------------------------------
 
@@ -220,62 +205,41 @@ class ImageCopyService:
     ) -> float | None:
         """Check the source, copy when needed, write the status; return the next delay
         (None: wait for a change)."""
+        attempt = self._attempt(ref, body, logger)
+        try:
+            spec = parse_spec(body.get("spec"), self.settings.default_interval)
+        except ImageCopyError as exc:
+            return await attempt.failed(failure_for(exc))
+        if spec.suspend:
+            await attempt.suspended()
+            return None
+        try:
+            self._check_allowed(spec)
+            await attempt.started(spec)
+            report = await self._copy(ref, spec)
+        except Exception as exc:
+            if not isinstance(exc, ImageCopyError):
+                logger.error("reconcile failed with an internal error", exc_info=exc)
+            return await attempt.failed(failure_for(exc))
+        return await attempt.succeeded(report, spec.interval)
+
+    def _attempt(self, ref: ObjectRef, body: Mapping[str, Any], logger: Logger) -> _Attempt:
         state = self._state(ref)
         generation = _generation(body)
         state.started_generation = max(state.started_generation, generation)
         # This look reads the live body: a wake-up requested before it (e.g. the create
         # handler racing the daemon's first look) is covered and must not cause a second one.
         state.wake.clear()
-        status: dict[str, Any] = (
-            state.status if state.status is not None else dict(body.get("status") or {})
+        status = state.status if state.status is not None else dict(body.get("status") or {})
+        return _Attempt(
+            service=self,
+            ref=ref,
+            state=state,
+            generation=generation,
+            logger=logger,
+            status=status,
+            was_ready=is_ready_for(status, generation),
         )
-        was_settled = is_settled(status, generation)
-        try:
-            spec = parse_spec(body.get("spec"), self.settings.default_interval)
-        except ImageCopyError as exc:
-            return await self._failed(
-                ref, state, status, generation, classify(exc), logger, was_settled
-            )
-
-        if spec.suspend:
-            await self._suspend(ref, state, status, generation, logger)
-            return None
-
-        try:
-            self._check_allowed(spec)
-            if status.get("observedGeneration") != generation or condition(status, READY) is None:
-                message = f"Copying {spec.source} to {spec.destination}"
-                await self._write(
-                    ref,
-                    state,
-                    status,
-                    progressing_patch(status, generation, self._now(), message),
-                    logger,
-                )
-                status = state.status or status
-            report = await self._copy(ref, spec)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            failure = classify(exc)
-            if not isinstance(exc, ImageCopyError):
-                logger.error("reconcile failed with an internal error", exc_info=exc)
-            return await self._failed(ref, state, status, generation, failure, logger, was_settled)
-
-        await self._write(
-            ref, state, status, success_patch(status, report, generation, self._now()), logger
-        )
-        self.metrics.record_report(report)
-        _log_report(logger, report)
-        if report.outcome is Outcome.COPIED:
-            self.events(ref, "Normal", "Copied", report.summary())
-        elif not was_settled or state.last_failure is not None:
-            self.events(ref, "Normal", "UpToDate", report.summary())
-        state.failures = 0
-        state.last_failure = None
-        if spec.interval is None:
-            return None
-        return spec.interval + self._rng.uniform(0, min(spec.interval * 0.05, 30.0))
 
     async def _copy(self, ref: ObjectRef, spec: ImageCopySpec) -> CopyReport:
         credentials = await resolve_credentials(self.secrets, ref.namespace, spec)
@@ -293,82 +257,6 @@ class ImageCopyService:
                     f"the {side} registry {registry} is not in IMAGECOPY_ALLOWED_REGISTRIES"
                 )
 
-    async def _suspend(
-        self,
-        ref: ObjectRef,
-        state: _ObjectState,
-        status: dict[str, Any],
-        generation: int,
-        logger: Logger,
-    ) -> None:
-        ready = condition(status, READY)
-        if status.get("observedGeneration") != generation or not (
-            ready and ready.get("reason") == "Suspended"
-        ):
-            await self._write(
-                ref, state, status, suspended_patch(status, generation, self._now()), logger
-            )
-            logger.info("suspended: no copies until spec.suspend is false")
-        state.failures = 0
-        state.last_failure = None
-
-    async def _failed(
-        self,
-        ref: ObjectRef,
-        state: _ObjectState,
-        status: dict[str, Any],
-        generation: int,
-        failure: Failure,
-        logger: Logger,
-        was_settled: bool,
-    ) -> float:
-        await self._write(
-            ref, state, status, failure_patch(status, failure, generation, self._now()), logger
-        )
-        self.metrics.record_failure(failure.reason)
-        key = (failure.reason, failure.message)
-        if key != state.last_failure or was_settled:
-            self.events(ref, "Warning", "CopyFailed", f"{failure.reason}: {failure.message}")
-        state.last_failure = key
-        if failure.stalled:
-            state.failures = 0
-            delay = self.settings.stalled_retry
-        else:
-            state.failures += 1
-            delay = retry_delay(
-                state.failures, self.settings.retry_base, self.settings.retry_max, self._rng
-            )
-        logger.warning(
-            "copy failed: reason=%s stalled=%s retryIn=%s message=%s",
-            failure.reason,
-            failure.stalled,
-            format_duration(round(delay, 1)),
-            failure.message,
-        )
-        return delay
-
-    async def _write(
-        self,
-        ref: ObjectRef,
-        state: _ObjectState,
-        base: Mapping[str, Any],
-        patch: dict[str, Any],
-        logger: Logger,
-    ) -> None:
-        """Merge-patch the status; ``base`` is the status the patch was computed from."""
-        try:
-            written = await self.status_writer.patch_status(ref.namespace, ref.name, patch)
-        except KubernetesUnavailable as exc:
-            # The next reconcile writes a fresh status; nothing else can report this.
-            logger.warning("status not written: %s", exc)
-            return
-        if not written:
-            logger.debug("object is gone; status not written")
-            return
-        state.status = apply_patch(base, patch)
-        state.true_conditions = _true_conditions(state.status)
-        self._update_object_gauge()
-
     # -- bookkeeping -------------------------------------------------------------------------
 
     def _state(self, ref: ObjectRef) -> _ObjectState:
@@ -381,26 +269,99 @@ class ImageCopyService:
         self.metrics.set_objects(s.true_conditions for s in self._objects.values())
 
 
-def _true_conditions(status: Mapping[str, Any] | None) -> frozenset[str]:
-    return frozenset(
-        str(c.get("type"))
-        for c in (status or {}).get("conditions") or ()
-        if isinstance(c, Mapping) and c.get("status") == "True"
-    )
+@dataclass
+class _Attempt:
+    """One reconcile of one object: the status it builds on, and how it ends."""
+
+    service: ImageCopyService
+    ref: ObjectRef
+    state: _ObjectState
+    generation: int
+    logger: Logger
+    #: The status the next patch is computed from: the one this process last wrote, else
+    #: the body's; replaced after every successful write.
+    status: dict[str, Any]
+    #: Ready for this generation before the attempt began.
+    was_ready: bool
+
+    async def started(self, spec: ImageCopySpec) -> None:
+        """Mark a new generation's first look as in progress (Reconciling, reason Copying);
+        a re-check or a retry changes the conditions only when it ends."""
+        ready = find_condition(self.status, READY)
+        if is_current(self.status, self.generation) and ready is not None:
+            return
+        message = f"Copying {spec.source} to {spec.destination}"
+        await self._write(copying_patch(self.status, self.generation, self._now(), message))
+
+    async def succeeded(self, report: CopyReport, interval: float | None) -> float | None:
+        service = self.service
+        await self._write(success_patch(self.status, report, self.generation, self._now()))
+        service.metrics.record_report(report)
+        _log_report(self.logger, report)
+        if report.outcome is Outcome.COPIED:
+            service.events(self.ref, "Normal", "Copied", report.summary())
+        elif not self.was_ready or self.state.last_failure is not None:
+            service.events(self.ref, "Normal", "UpToDate", report.summary())
+        self.state.transient_failures = 0
+        self.state.last_failure = None
+        return service.schedule.after_success(interval)
+
+    async def failed(self, failure: Failure) -> float:
+        service = self.service
+        state = self.state
+        await self._write(failure_patch(self.status, failure, self.generation, self._now()))
+        service.metrics.record_failure(failure.reason)
+        key = (failure.reason, failure.message)
+        if key != state.last_failure or self.was_ready:
+            service.events(
+                self.ref, "Warning", "CopyFailed", f"{failure.reason}: {failure.message}"
+            )
+        state.last_failure = key
+        if failure.stalled:
+            state.transient_failures = 0
+            delay = service.schedule.after_stalled_failure()
+        else:
+            state.transient_failures += 1
+            delay = service.schedule.after_transient_failure(state.transient_failures)
+        self.logger.warning(
+            "copy failed: reason=%s stalled=%s retryIn=%s message=%s",
+            failure.reason,
+            failure.stalled,
+            format_duration(round(delay, 1)),
+            failure.message,
+        )
+        return delay
+
+    async def suspended(self) -> None:
+        if not is_suspended_for(self.status, self.generation):
+            await self._write(suspended_patch(self.status, self.generation, self._now()))
+            self.logger.info("suspended: no copies until spec.suspend is false")
+        self.state.transient_failures = 0
+        self.state.last_failure = None
+
+    async def _write(self, patch: dict[str, Any]) -> None:
+        """Merge-patch the status; on success ``self.status`` is the status after it."""
+        ref = self.ref
+        try:
+            written = await self.service.status_writer.patch_status(ref.namespace, ref.name, patch)
+        except KubernetesUnavailable as exc:
+            # The next reconcile writes a fresh status; nothing else can report this.
+            self.logger.warning("status not written: %s", exc)
+            return
+        if not written:
+            self.logger.debug("object is gone; status not written")
+            return
+        self.status = self.state.status = apply_merge_patch(self.status, patch)
+        self.state.true_conditions = true_conditions(self.status)
+        self.service._update_object_gauge()
+
+    def _now(self) -> datetime:
+        return self.service._now()
 
 
 def _generation(body: Mapping[str, Any]) -> int:
     value = (body.get("metadata") or {}).get("generation")
     return int(value) if isinstance(value, int) else 0
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return None
 
 
 def _log_report(logger: Logger, report: CopyReport) -> None:

@@ -1,4 +1,4 @@
-"""Operator settings: the environment variables of API.md §4, read once at start-up.
+"""Operator settings: the environment variables of docs/reference.md §7, read once at start-up.
 
 Invalid values stop the operator at start with one sentence naming the variable: a typo in a
 Helm value must not turn into a silently different policy.
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..oci.netguard import DEFAULT_BLOCKED_NETWORKS
-from ..oci.reference import DOCKER_HUB_ALIASES
+from ..oci.reference import DOCKER_HUB, DOCKER_HUB_ALIASES, Registry
 
 __all__ = ["Settings", "SettingsError", "format_duration", "parse_duration"]
 
@@ -81,7 +81,7 @@ def _items(value: str | None) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Settings:
-    #: Host globs (``fnmatch`` on ``host[:port]`` and on ``host``) a copy may touch.
+    #: Host globs (``fnmatch`` on ``host:port`` and on ``host``) a copy may touch.
     allowed_registries: tuple[str, ...] = ("*",)
     #: Hosts (``host`` or ``host:port``) reached over plain HTTP or unverified TLS.
     insecure_registries: frozenset[str] = frozenset()
@@ -150,12 +150,17 @@ class Settings:
             metrics_port=integer("IMAGECOPY_METRICS_PORT", 8080, 0),
         )
 
-    def registry_allowed(self, registry: str) -> bool:
-        """Whether ``registry`` (``host[:port]``, normalised) matches an allowed glob."""
-        host = registry.lower()
-        names = {host, host.rsplit(":", 1)[0] if not host.endswith("]") else host}
-        if host in DOCKER_HUB_ALIASES:
-            names |= DOCKER_HUB_ALIASES  # "docker.io" in the list allows Docker Hub
+    def registry_allowed(self, registry: Registry | str) -> bool:
+        """Whether ``registry`` matches an allowed glob, by ``host:port`` or by ``host``.
+
+        Any Docker Hub alias in the list allows Docker Hub. A string is parsed first
+        (``InvalidReference`` when it is not ``host[:port]``).
+        """
+        if isinstance(registry, str):
+            registry = Registry.parse(registry)
+        names = {str(registry), registry.host}
+        if registry.port is None and registry.host == DOCKER_HUB:
+            names |= DOCKER_HUB_ALIASES
         return any(
             fnmatch.fnmatchcase(name, pattern.lower())
             for pattern in self.allowed_registries

@@ -135,7 +135,7 @@ def parse_spec(
     mount_from = _strings(mount_block.get("fromRepositories"), "mount.fromRepositories")
     for repo in mount_from:
         try:
-            Reference.parse(f"{destination.registry}/{repo}:x")
+            destination.registry.repository(repo)
         except ImageCopyError:
             raise InvalidSpec(
                 f"spec.mount.fromRepositories: {repo!r} is not a repository name"

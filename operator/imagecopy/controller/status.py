@@ -1,95 +1,73 @@
 """Pure functions from (previous status, what happened) to the next ``status``.
 
-Owns the condition rules of API.md §1: ``Ready``, ``Reconciling`` and ``Stalled`` in the
-metav1.Condition shape, ``lastTransitionTime`` moved only when a condition's status flips,
-kstatus semantics (Reconciling=True while work is under way, Stalled=True when only a change
-can help), the mapping of errors to reasons, and the running ``totals``. No I/O, no clock:
-the caller passes ``now``.
+Owns the condition rules of docs/reference.md §2 and §3: ``Ready``, ``Reconciling`` and
+``Stalled`` in the metav1.Condition shape, ``lastTransitionTime`` moved only when a
+condition's status flips, kstatus semantics (Reconciling=True while work is under way,
+Stalled=True when only a change can help), and the running ``totals``. What an error means
+(its reason, stalled or not) is ``failures``; this module only writes it down. No I/O, no
+clock: the caller passes ``now``.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from ..copy.report import CopyReport, Outcome
-from ..oci.errors import ImageCopyError
+from .failures import Failure
 
 __all__ = [
     "CONDITION_TYPES",
     "READY",
     "RECONCILING",
     "STALLED",
-    "TRANSIENT_REASONS",
-    "Failure",
-    "apply_patch",
-    "classify",
-    "condition",
+    "SUSPENDED",
+    "apply_merge_patch",
+    "copying_patch",
     "failure_patch",
-    "is_settled",
-    "progressing_patch",
-    "retry_delay",
-    "set_condition",
+    "find_condition",
+    "format_timestamp",
+    "is_current",
+    "is_ready_for",
+    "is_suspended_for",
+    "parse_timestamp",
     "success_patch",
     "suspended_patch",
-    "timestamp",
     "totals_after",
+    "true_conditions",
+    "with_condition",
 ]
 
 READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
 CONDITION_TYPES = (READY, RECONCILING, STALLED)
+#: The reason of all three conditions while ``spec.suspend`` is true.
+SUSPENDED = "Suspended"
 
-#: Reasons another try may fix without any change; everything else stalls.
-TRANSIENT_REASONS = frozenset({"RegistryUnreachable", "RateLimited", "InternalError"})
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
-def timestamp(now: datetime) -> str:
+def format_timestamp(now: datetime) -> str:
     """RFC 3339 in UTC with second precision, as metav1.Time serialises."""
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return now.astimezone(UTC).strftime(_TIME_FORMAT)
 
 
-@dataclass(frozen=True)
-class Failure:
-    """A failed attempt, ready for a condition: reason, one safe sentence, and its kind."""
-
-    reason: str
-    message: str
-    #: True when only a change of spec, Secret or settings can help (kstatus Stalled).
-    stalled: bool
-
-
-def classify(exc: BaseException) -> Failure:
-    """Map an exception to a condition reason and message.
-
-    ``ImageCopyError`` messages are written to be shown (one sentence, no credentials).
-    Anything else is an ``InternalError`` whose message names only the exception type, since
-    a foreign message may carry URLs, headers or bodies.
-    """
-    if isinstance(exc, ImageCopyError):
-        reason = exc.reason or "InternalError"
-        transient = exc.transient or reason in TRANSIENT_REASONS
-        message = exc.message.strip() or exc.label
-        return Failure(reason, _sentence(message), stalled=not transient)
-    return Failure(
-        "InternalError",
-        f"Internal error ({type(exc).__name__}); the operator log has the details.",
-        stalled=False,
-    )
+def parse_timestamp(value: Any) -> datetime | None:
+    """The time a ``format_timestamp`` string names; None for anything else."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.strptime(value, _TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
-def _sentence(text: str) -> str:
-    text = " ".join(text.split())
-    if len(text) > 1024:
-        text = text[:1021] + "..."
-    return text
+# -- reading a status ----------------------------------------------------------------------
 
 
-def condition(status: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any] | None:
+def find_condition(status: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any] | None:
     """The condition of ``type_`` in a status, if present."""
     for cond in (status or {}).get("conditions") or ():
         if isinstance(cond, Mapping) and cond.get("type") == type_:
@@ -97,7 +75,36 @@ def condition(status: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any]
     return None
 
 
-def set_condition(
+def true_conditions(status: Mapping[str, Any] | None) -> frozenset[str]:
+    """The types of the conditions whose status is ``True``."""
+    return frozenset(
+        str(c.get("type"))
+        for c in (status or {}).get("conditions") or ()
+        if isinstance(c, Mapping) and c.get("status") == "True"
+    )
+
+
+def is_current(status: Mapping[str, Any] | None, generation: int) -> bool:
+    """The status describes ``generation`` of the spec."""
+    return status is not None and status.get("observedGeneration") == generation
+
+
+def is_ready_for(status: Mapping[str, Any] | None, generation: int) -> bool:
+    """The status describes ``generation`` and Ready is True: nothing left to do now."""
+    ready = find_condition(status, READY)
+    return is_current(status, generation) and ready is not None and ready.get("status") == "True"
+
+
+def is_suspended_for(status: Mapping[str, Any] | None, generation: int) -> bool:
+    """The status already records that ``generation`` is suspended."""
+    ready = find_condition(status, READY)
+    return is_current(status, generation) and ready is not None and ready.get("reason") == SUSPENDED
+
+
+# -- building a status patch ---------------------------------------------------------------
+
+
+def with_condition(
     conditions: list[dict[str, Any]],
     type_: str,
     status: str,
@@ -117,14 +124,16 @@ def set_condition(
         found = True
         transition = cond.get("lastTransitionTime")
         if cond.get("status") != status or not transition:
-            transition = timestamp(now)
-        result.append(_condition(type_, status, reason, message, generation, transition))
+            transition = format_timestamp(now)
+        result.append(_new_condition(type_, status, reason, message, generation, transition))
     if not found:
-        result.append(_condition(type_, status, reason, message, generation, timestamp(now)))
+        result.append(
+            _new_condition(type_, status, reason, message, generation, format_timestamp(now))
+        )
     return result
 
 
-def _condition(
+def _new_condition(
     type_: str, status: str, reason: str, message: str, generation: int, transition: str
 ) -> dict[str, Any]:
     return {
@@ -137,21 +146,26 @@ def _condition(
     }
 
 
-def _conditions(
+#: (status, reason, message) of one condition.
+_ConditionValue = tuple[str, str, str]
+
+
+def _next_conditions(
     status: Mapping[str, Any] | None,
     generation: int,
     now: datetime,
     *,
-    ready: tuple[str, str, str],
-    reconciling: tuple[str, str, str],
-    stalled: tuple[str, str, str],
+    ready: _ConditionValue,
+    reconciling: _ConditionValue,
+    stalled: _ConditionValue,
 ) -> list[dict[str, Any]]:
+    """The status's condition list with our three set: ours first in a stable order,
+    conditions of other types after them, untouched."""
     existing = [
         dict(c)
         for c in (status or {}).get("conditions") or ()
         if isinstance(c, Mapping) and c.get("type")
     ]
-    # Keep our three first and in a stable order; foreign conditions follow untouched.
     ours = {c["type"]: c for c in existing if c["type"] in CONDITION_TYPES}
     others = [c for c in existing if c["type"] not in CONDITION_TYPES]
     conditions = [ours[t] for t in CONDITION_TYPES if t in ours]
@@ -160,17 +174,17 @@ def _conditions(
         (RECONCILING, reconciling),
         (STALLED, stalled),
     ):
-        conditions = set_condition(conditions, type_, st, reason, message, generation, now)
+        conditions = with_condition(conditions, type_, st, reason, message, generation, now)
     return conditions + others
 
 
-def progressing_patch(
+def copying_patch(
     status: Mapping[str, Any] | None, generation: int, now: datetime, message: str
 ) -> dict[str, Any]:
     """Work on a new generation has started: Reconciling=True, Ready=Unknown (Copying)."""
     return {
         "observedGeneration": generation,
-        "conditions": _conditions(
+        "conditions": _next_conditions(
             status,
             generation,
             now,
@@ -208,8 +222,8 @@ def success_patch(
     message = report.summary()
     patch: dict[str, Any] = {
         "observedGeneration": generation,
-        "lastSyncTime": timestamp(now),
-        "conditions": _conditions(
+        "lastSyncTime": format_timestamp(now),
+        "conditions": _next_conditions(
             status,
             generation,
             now,
@@ -245,7 +259,7 @@ def failure_patch(
         stalled = ("False", failure.reason, "")
     return {
         "observedGeneration": generation,
-        "conditions": _conditions(
+        "conditions": _next_conditions(
             status,
             generation,
             now,
@@ -261,47 +275,30 @@ def suspended_patch(
 ) -> dict[str, Any]:
     """``spec.suspend``: no work. Ready keeps its status (the destination is what it was),
     with reason Suspended; nothing is in progress and nothing is stalled."""
-    ready = condition(status, READY)
+    ready = find_condition(status, READY)
     ready_status = str(ready.get("status")) if ready else "Unknown"
     message = "Suspended: no copies until spec.suspend is false"
     return {
         "observedGeneration": generation,
-        "conditions": _conditions(
+        "conditions": _next_conditions(
             status,
             generation,
             now,
-            ready=(ready_status, "Suspended", message),
-            reconciling=("False", "Suspended", ""),
-            stalled=("False", "Suspended", ""),
+            ready=(ready_status, SUSPENDED, message),
+            reconciling=("False", SUSPENDED, ""),
+            stalled=("False", SUSPENDED, ""),
         ),
     }
 
 
-def apply_patch(status: Mapping[str, Any] | None, patch: Mapping[str, Any]) -> dict[str, Any]:
+def apply_merge_patch(status: Mapping[str, Any] | None, patch: Mapping[str, Any]) -> dict[str, Any]:
     """``status`` after a JSON merge patch of ``patch`` (objects merge, lists replace)."""
     result: dict[str, Any] = dict(status or {})
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
         elif isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
-            result[key] = apply_patch(result[key], value)
+            result[key] = apply_merge_patch(result[key], value)
         else:
             result[key] = value
     return result
-
-
-def is_settled(status: Mapping[str, Any] | None, generation: int) -> bool:
-    """The status describes this generation and Ready is True (nothing left to do now)."""
-    if not status or status.get("observedGeneration") != generation:
-        return False
-    ready = condition(status, READY)
-    return ready is not None and ready.get("status") == "True"
-
-
-def retry_delay(failures: int, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Seconds before retry number ``failures`` (1-based) of a transient failure:
-    exponential from ``base``, capped at ``cap``, with "equal jitter" (half fixed, half
-    random) so retries of many objects spread out but never come sooner than half the step."""
-    step = min(cap, base * (2.0 ** max(failures - 1, 0)))
-    jitter: float = (rng or random).uniform(0, step / 2)
-    return step / 2 + jitter
