@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from ..copy.engine import Copier
 from ..copy.locations import BlobLocations
-from ..oci.client import RegistryPool
+from ..oci.pool import RegistryPool
 from .kube import GROUP, PLURAL, VERSION, KubeClient
 from .login import login_from_environment
 from .metrics import Metrics, serve_metrics

@@ -23,10 +23,10 @@ from typing import Any, Protocol
 
 from ..copy.options import CopyOptions
 from ..copy.report import CopyReport, Outcome
-from ..oci.client import TransportSettings
 from ..oci.credentials import CredentialStore
 from ..oci.errors import ImageCopyError, RegistryNotAllowed
 from ..oci.reference import Reference
+from ..oci.transport import TransportSettings
 from .credentials import SecretReader, resolve_credentials
 from .failures import Failure, failure_for
 from .kube import KubernetesUnavailable
