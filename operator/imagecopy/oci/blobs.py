@@ -169,11 +169,10 @@ async def _upload(
 def _chunk_size(repo: RepositoryClient, session: UploadSession, options: UploadOptions) -> int:
     size = max(options.chunk_size, session.chunk_min_length)
     if size > MAX_CHUNK_BYTES:
-        raise PushRejected(
+        raise repo.error(
+            PushRejected,
+            "upload blob",
             f"{repo.name} demands upload chunks of at least {session.chunk_min_length} bytes; "
             f"imagecopy buffers at most {MAX_CHUNK_BYTES} bytes per chunk",
-            operation="upload blob",
-            side=repo.side,
-            registry=str(repo.registry),
         )
     return size

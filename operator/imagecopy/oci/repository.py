@@ -200,27 +200,44 @@ class RepositoryClient:
             )
         except httpx.ConnectError as exc:
             if _is_tls_error(exc):
-                raise self._unreachable(
+                raise self.error(
                     TLSError, operation, f"TLS handshake with {self.registry} failed: {_short(exc)}"
                 ) from None
-            raise self._unreachable(
+            raise self.error(
                 RegistryUnreachable, operation, f"cannot connect to {self.registry}: {_short(exc)}"
             ) from None
         except httpx.TimeoutException:
-            raise self._unreachable(
+            raise self.error(
                 RegistryUnreachable, operation, f"{self.registry} did not answer in time"
             ) from None
         except httpx.TransportError as exc:
-            raise self._unreachable(
+            raise self.error(
                 RegistryUnreachable,
                 operation,
                 f"connection to {self.registry} failed: {_short(exc)}",
             ) from None
 
-    def _unreachable(
-        self, kind: type[RegistryError], operation: str, message: str
-    ) -> RegistryError:
+    def error(self, kind: type[RegistryError], operation: str, message: str) -> RegistryError:
+        """A ``kind`` error of ``operation`` on this repository, with its side and registry."""
         return kind(message, operation=operation, side=self.side, registry=str(self.registry))
+
+    async def _read_limited(self, response: httpx.Response, operation: str, what: str) -> bytes:
+        """A manifest-like body, refused once it passes 4 MiB (by Content-Length first)."""
+        length = response.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > MAX_MANIFEST_BYTES:
+            raise self.error(
+                ManifestTooLarge,
+                operation,
+                f"{what} is {length} bytes; manifests over 4 MiB are refused",
+            )
+        data = bytearray()
+        async for chunk in response.aiter_bytes():
+            data.extend(chunk)
+            if len(data) > MAX_MANIFEST_BYTES:
+                raise self.error(
+                    ManifestTooLarge, operation, f"{what} is over 4 MiB; such manifests are refused"
+                )
+        return bytes(data)
 
     async def _read_error(self, response: httpx.Response) -> None:
         """Make the answer's body readable for ``registry_error_codes``."""
@@ -311,28 +328,10 @@ class RepositoryClient:
             if response.status_code != 200:
                 await self._read_error(response)
                 raise self.fail(response, "get manifest", f"manifest {reference}")
-            length = response.headers.get("Content-Length")
             where = f"manifest {self.registry}/{self.name.path}@{expected_digest or reference}"
-            if length and length.isdigit() and int(length) > MAX_MANIFEST_BYTES:
-                raise ManifestTooLarge(
-                    f"{where} is {length} bytes; manifests over 4 MiB are refused",
-                    operation="get manifest",
-                    side=self.side,
-                    registry=str(self.registry),
-                )
-            data = bytearray()
-            async for chunk in response.aiter_bytes():
-                data.extend(chunk)
-                if len(data) > MAX_MANIFEST_BYTES:
-                    raise ManifestTooLarge(
-                        f"{where} is over 4 MiB; such manifests are refused",
-                        operation="get manifest",
-                        side=self.side,
-                        registry=str(self.registry),
-                    )
+            raw = await self._read_limited(response, "get manifest", where)
         finally:
             await response.aclose()
-        raw = bytes(data)
         header_digest = response.headers.get("Docker-Content-Digest")
         digest = expected_digest or header_digest
         if digest is not None:
@@ -359,12 +358,11 @@ class RepositoryClient:
         returned = response.headers.get("Docker-Content-Digest")
         same_algorithm = returned and returned.split(":", 1)[0] == manifest.digest.split(":", 1)[0]
         if same_algorithm and returned != manifest.digest:
-            raise PushRejected(
+            raise self.error(
+                PushRejected,
+                "push manifest",
                 f"{self.registry}/{self.name.path} stored manifest {reference} as {returned}, "
                 f"expected {manifest.digest}",
-                operation="push manifest",
-                side=self.side,
-                registry=str(self.registry),
             )
         return response.headers
 
@@ -412,7 +410,7 @@ class RepositoryClient:
                             on_bytes(len(pending))
                     pending = chunk
         except httpx.TransportError as exc:
-            raise self._unreachable(
+            raise self.error(
                 RegistryUnreachable,
                 "read blob",
                 f"reading blob {desc.digest} from {self.registry} failed: {_short(exc)}",
@@ -420,11 +418,8 @@ class RepositoryClient:
         try:
             verifier.verify()
         except DigestMismatch as exc:
-            raise DigestMismatch(
-                f"{self.side.value} {self.registry}/{self.name.path}: {exc}",
-                operation="get blob",
-                side=self.side,
-                registry=str(self.registry),
+            raise self.error(
+                DigestMismatch, "read blob", f"{self.side.value} {self.name}: {exc}"
             ) from None
         if pending is not None:
             yield pending
@@ -569,17 +564,10 @@ class RepositoryClient:
                 content_type = response.headers.get("Content-Type", "")
                 if not content_type.startswith(mt.OCI_INDEX):
                     return None
-                data = bytearray()
-                async for chunk in response.aiter_bytes():
-                    data.extend(chunk)
-                    if len(data) > MAX_MANIFEST_BYTES:
-                        raise ManifestTooLarge(
-                            f"the referrers index of {digest} in {self.name} is over 4 MiB",
-                            operation="list referrers",
-                            side=self.side,
-                            registry=str(self.registry),
-                        )
-                return parse_manifest(bytes(data), mt.OCI_INDEX, f"referrers of {digest}")
+                data = await self._read_limited(
+                    response, "list referrers", f"the referrers index of {digest} in {self.name}"
+                )
+                return parse_manifest(data, mt.OCI_INDEX, f"referrers of {digest}")
             await self._read_error(response)
             if response.status_code in (404, 400, 405):
                 return None
