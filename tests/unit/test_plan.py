@@ -74,6 +74,9 @@ class FakeRepository:
         for tag in tags:
             self.manifests[tag] = manifest
 
+    def manifest_missing(self, reference: str) -> NotFound:
+        return NotFound(f"{reference} not found", status=404, side=Side.SOURCE)
+
     async def head_manifest(self, reference: str) -> ManifestInfo | None:
         self.reads.append(f"HEAD {reference}")
         found = self.manifests.get(reference)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..oci.descriptor import Descriptor, Manifest
-from ..oci.errors import DigestMismatch, InvalidSpec, NotFound, Side, TagConflict
+from ..oci.errors import DigestMismatch, InvalidSpec, Side, TagConflict
 from ..oci.reference import Reference
 from ..oci.repository import ManifestInfo, RepositoryClient
 from .options import CopyOptions, TagPolicy
@@ -128,7 +128,7 @@ async def make_plan(
     if src_digest is None and maybe_noop:
         info = await source_repo.head_manifest(src_ref)
         if info is None:
-            raise _source_missing(src)
+            raise source_repo.manifest_missing(str(src))
         src_digest = info.digest
 
     if src_digest and maybe_noop and not options.platforms:
@@ -140,7 +140,7 @@ async def make_plan(
         src_digest or src_ref, expected_digest=src_digest, missing_ok=True
     )
     if root is None:
-        raise _source_missing(src)
+        raise source_repo.manifest_missing(str(src))
     source_digest = root.digest
     if options.platforms and root.is_index:
         root = filter_platforms(root, options.platforms, str(src))
@@ -167,16 +167,6 @@ async def make_plan(
     if not plan.same_repository:  # a retag: every blob and child is already there
         await walk(source_repo, plan, root)
     return plan
-
-
-def _source_missing(src: Reference) -> NotFound:
-    return NotFound(
-        f"{src} not found",
-        status=404,
-        operation="resolve",
-        side=Side.SOURCE,
-        registry=str(src.registry),
-    )
 
 
 def _apply_tag_policy(

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import httpx
 
@@ -54,6 +54,9 @@ _BLOB_STORED = frozenset({201, 204})
 #: Answers to a monolithic PUT that mean "send it in chunks instead", unless the error code
 #: says the bytes themselves were wrong.
 _WANTS_CHUNKS = frozenset({400, 405, 415, 416})
+
+
+E = TypeVar("E", bound=RegistryError)
 
 
 @dataclass(frozen=True)
@@ -217,9 +220,16 @@ class RepositoryClient:
                 f"connection to {self.registry} failed: {_short(exc)}",
             ) from None
 
-    def error(self, kind: type[RegistryError], operation: str, message: str) -> RegistryError:
+    def error(self, kind: type[E], operation: str, message: str, *, status: int | None = None) -> E:
         """A ``kind`` error of ``operation`` on this repository, with its side and registry."""
-        return kind(message, operation=operation, side=self.side, registry=str(self.registry))
+        return kind(
+            message, status=status, operation=operation, side=self.side, registry=str(self.registry)
+        )
+
+    def manifest_missing(self, reference: str) -> NotFound:
+        """The error for a manifest this repository answered 404 for (``head_manifest`` or
+        ``get_manifest(missing_ok=True)`` gave None)."""
+        return self.error(NotFound, "get manifest", f"{reference} not found", status=404)
 
     async def _read_limited(self, response: httpx.Response, operation: str, what: str) -> bytes:
         """A manifest-like body, refused once it passes 4 MiB (by Content-Length first)."""
