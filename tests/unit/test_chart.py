@@ -286,6 +286,9 @@ def test_operator_settings_become_env_vars(helm: str, tmp_path: Path) -> None:
             "defaultInterval": "10m",
             "stalledRetry": "2m",
             "metricsPort": 9090,
+            "maxCopiesPerNamespace": 1,
+            "copyTimeout": "1h",
+            "stallTimeout": "5m",
         },
         "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
     }
@@ -300,6 +303,9 @@ def test_operator_settings_become_env_vars(helm: str, tmp_path: Path) -> None:
         "IMAGECOPY_DEFAULT_INTERVAL": "10m",
         "IMAGECOPY_STALLED_RETRY": "2m",
         "IMAGECOPY_METRICS_PORT": "9090",
+        "IMAGECOPY_MAX_COPIES_PER_NAMESPACE": "1",
+        "IMAGECOPY_COPY_TIMEOUT": "1h",
+        "IMAGECOPY_STALL_TIMEOUT": "5m",
     }
     assert env["HTTPS_PROXY"] == "http://proxy:3128"
     assert {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"] == 9090
@@ -321,6 +327,9 @@ def test_values_cover_every_operator_setting() -> None:
         "defaultInterval",
         "stalledRetry",
         "metricsPort",
+        "maxCopiesPerNamespace",
+        "copyTimeout",
+        "stallTimeout",
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from imagecopy.controller.deadline import CopyTimeout
 from imagecopy.controller.failures import MESSAGE_LIMIT, RULES, failure_for
 from imagecopy.controller.kube import KubernetesUnavailable
 from imagecopy.oci import errors
@@ -28,8 +29,9 @@ CONTRACT_FAILURE_REASONS = {
     "ManifestTooLarge",
     "RegistryNotAllowed",
     "InternalError",
+    "CopyTimeout",
 }
-TRANSIENT_REASONS = {"RegistryUnreachable", "RateLimited", "InternalError"}
+TRANSIENT_REASONS = {"RegistryUnreachable", "RateLimited", "InternalError", "CopyTimeout"}
 
 SRC = Side.SOURCE
 DST = Side.DESTINATION
@@ -64,6 +66,7 @@ ROWS: list[tuple[BaseException, str, bool]] = [
     (registry_error(errors.RegistryError, SRC), "InternalError", False),
     (errors.ImageCopyError("no token in the token service's answer"), "InternalError", False),
     (RuntimeError("boom"), "InternalError", False),
+    (CopyTimeout("the copy made no progress for 2m"), "CopyTimeout", False),
 ]
 
 

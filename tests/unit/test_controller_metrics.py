@@ -37,6 +37,7 @@ def test_a_copy_shows_up_in_blob_byte_and_request_counters_on_metrics() -> None:
         CopyReport(source="r/a:1", destination="r/b:1", outcome=Outcome.UP_TO_DATE)
     )
     metrics.record_failure("SourceNotFound")
+    metrics.name_registries({"127.0.0.1:5000"})  # a spec names it
     metrics.record_request("127.0.0.1:5000", "POST", "201")
     metrics.record_request("127.0.0.1:5000", "POST", "201")
     metrics.set_objects([frozenset({"Ready"}), frozenset({"Stalled"}), frozenset({"Ready"})])

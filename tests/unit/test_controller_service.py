@@ -330,7 +330,7 @@ async def test_copies_across_objects_are_bounded_by_max_concurrent_copies() -> N
         for i in range(5)
     ]
     tasks = [
-        asyncio.create_task(service.reconcile(ObjectRef("ns", f"o{i}", f"u{i}"), b, LOG))
+        asyncio.create_task(service.reconcile(ObjectRef(f"ns{i}", f"o{i}", f"u{i}"), b, LOG))
         for i, b in enumerate(bodies)
     ]
     await asyncio.sleep(0.05)

@@ -32,6 +32,7 @@ from ..oci.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from .deadline import CopyTimeout
 from .kube import KubernetesUnavailable
 
 __all__ = ["MESSAGE_LIMIT", "RULES", "Failure", "FailureRule", "failure_for"]
@@ -79,6 +80,8 @@ RULES: tuple[FailureRule, ...] = (
     FailureRule(TagConflict, "TagConflict", _STALLED),
     # The Kubernetes API failing a read the copy needs: try again.
     FailureRule(KubernetesUnavailable, "InternalError", _TRANSIENT),
+    # Cancelled at its deadline or for want of progress: the next try resumes the copy.
+    FailureRule(CopyTimeout, "CopyTimeout", _TRANSIENT),
     # Registry answers.
     FailureRule(Unauthorized, "Unauthorized", _STALLED),
     FailureRule(Forbidden, "Forbidden", _STALLED),

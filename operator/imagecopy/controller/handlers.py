@@ -39,7 +39,7 @@ from .kube import GROUP, PLURAL, VERSION, KubeClient
 from .login import login_from_environment
 from .metrics import Metrics, serve_metrics
 from .service import ImageCopyService, ObjectRef, transport_settings
-from .settings import Settings
+from .settings import Settings, format_duration
 
 KIND = "ImageCopy"
 
@@ -96,10 +96,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
     metrics = Metrics(registry)
     if config.metrics_port:
         serve_metrics(config.metrics_port, registry)
-    pool = RegistryPool(transport_settings(config), on_request=metrics.record_request)
+    # The pool reports requests to the service (metrics, copy progress), which needs the
+    # copier built on the pool: the hook looks the service up when a request is made.
+    pool = RegistryPool(
+        transport_settings(config),
+        on_request=lambda registry, method, code: service.record_request(registry, method, code),
+    )
     kube = _kube_client(memo)
     memo.pool = pool
-    memo.service = ImageCopyService(
+    service = memo.service = ImageCopyService(
         copier=Copier(pool, BlobLocations()),
         secrets=kube,
         status_writer=kube,
@@ -109,12 +114,16 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
     )
     logger.info(
         "imagecopy operator started: allowedRegistries=%s insecureRegistries=%s "
-        "maxConcurrentCopies=%d blobConcurrency=%d stalledRetry=%ss metricsPort=%d",
+        "maxConcurrentCopies=%d maxCopiesPerNamespace=%d blobConcurrency=%d stalledRetry=%ss "
+        "copyTimeout=%s stallTimeout=%s metricsPort=%d",
         ",".join(config.allowed_registries),
         ",".join(sorted(config.insecure_registries)) or "-",
         config.max_concurrent_copies,
+        config.namespace_copy_slots,
         config.blob_concurrency,
         config.stalled_retry,
+        format_duration(config.copy_timeout),
+        format_duration(config.stall_timeout),
         config.metrics_port,
     )
 

@@ -2,6 +2,13 @@
 
 One ``Metrics`` per process, on the default registry in the operator; tests pass their own
 ``CollectorRegistry``.
+
+Every label takes values from a bounded set, since a registry (and the tenant who names it)
+chooses what the operator is sent: the ``registry`` label of request counts is a registry
+named by a served object's spec or an exact ``IMAGECOPY_ALLOWED_REGISTRIES`` entry, and
+``other`` for every other host (token realms, redirect targets, upload ``Location``s); the
+``code`` label is a status the protocol uses, else its class (``4xx``) or ``other``. Series of
+a registry no object names any more are dropped.
 """
 
 from __future__ import annotations
@@ -14,7 +21,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from ..copy.report import CopyReport, Outcome
 from .status import CONDITION_TYPES
 
-__all__ = ["Metrics", "serve_metrics"]
+__all__ = ["OTHER_REGISTRY", "Metrics", "serve_metrics"]
+
+#: The ``registry`` label of every host that is not a named registry.
+OTHER_REGISTRY = "other"
+
+#: Status codes kept as they are in the ``code`` label; others become their class.
+_KNOWN_CODES = frozenset(
+    {
+        "error",
+        *(
+            str(code)
+            for code in (200, 201, 202, 204, 206, 301, 302, 303, 307, 308, 400, 401, 403, 404)
+        ),
+        *(str(code) for code in (405, 406, 408, 409, 413, 415, 416, 429, 500, 502, 503, 504)),
+    }
+)
+_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"})
 
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
@@ -57,6 +80,12 @@ class Metrics:
             ["registry", "method", "code"],
             **kwargs,
         )
+        self.copy_slots = Gauge(
+            "imagecopy_copy_slots",
+            "Copy slots (IMAGECOPY_MAX_CONCURRENT_COPIES) by state: in use, or copies waiting.",
+            ["state"],
+            **kwargs,
+        )
         self.objects = Gauge(
             "imagecopy_objects",
             "ImageCopy objects whose condition is True, by condition.",
@@ -68,6 +97,11 @@ class Metrics:
             self.bytes.labels(outcome)
         for type_ in CONDITION_TYPES:
             self.objects.labels(type_).set(0)
+        for state in ("inUse", "waiting"):
+            self.copy_slots.labels(state).set(0)
+        # Registries that may be a label value, and the (method, code) series of each.
+        self._named: frozenset[str] = frozenset()
+        self._series: dict[str, set[tuple[str, str]]] = {}
 
     def record_report(self, report: CopyReport) -> None:
         self.copies.labels(report.outcome.value).inc()
@@ -87,7 +121,26 @@ class Metrics:
 
     def record_request(self, registry: str, method: str, code: str) -> None:
         """The registry pool's ``on_request`` hook: one HTTP request attempt."""
-        self.requests.labels(registry, method, code).inc()
+        label = registry if registry in self._named else OTHER_REGISTRY
+        method = method.upper() if method.upper() in _METHODS else "other"
+        if code not in _KNOWN_CODES:
+            code = f"{code[0]}xx" if len(code) == 3 and code[0] in "12345" else "other"
+        self._series.setdefault(label, set()).add((method, code))
+        self.requests.labels(label, method, code).inc()
+
+    def name_registries(self, registries: Iterable[str]) -> None:
+        """Set the registries whose requests are counted under their own name (``host`` or
+        ``host:port``, as ``oci.transport.registry_of`` spells a URL's); drop the series of
+        those no longer named."""
+        named = frozenset(registries) - {OTHER_REGISTRY}
+        for gone in self._named - named:
+            for method, code in self._series.pop(gone, ()):
+                self.requests.remove(gone, method, code)
+        self._named = named
+
+    def set_copy_slots(self, in_use: int, waiting: int) -> None:
+        self.copy_slots.labels("inUse").set(in_use)
+        self.copy_slots.labels("waiting").set(waiting)
 
     def set_objects(self, true_conditions: Iterable[frozenset[str]]) -> None:
         """Recount ``imagecopy_objects`` from each object's set of True conditions."""

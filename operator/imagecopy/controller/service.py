@@ -9,6 +9,10 @@ of success, failure (reason and kind from ``failures``) or suspended.
 Nothing here imports Kopf: Kopf hands in the live body, a stop signal and a logger; the
 engine and the Kubernetes writes go through the small ``CopyEngine``, ``SecretReader``,
 ``StatusWriter`` and ``EventSink`` interfaces (docs/reference.md §3 for what is written).
+
+No tenant can starve another: copies take one of the process's copy slots, shared fairly
+across namespaces (``slots``), and each copy runs under a deadline and a no-progress timeout
+(``deadline``), so a slot always comes free again.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -25,14 +29,16 @@ from ..copy.options import CopyOptions
 from ..copy.report import CopyReport, Outcome
 from ..oci.credentials import CredentialStore
 from ..oci.errors import ImageCopyError, RegistryNotAllowed
-from ..oci.reference import Reference
+from ..oci.reference import Reference, Registry
 from ..oci.transport import TransportSettings
 from .credentials import SecretReader, resolve_credentials
+from .deadline import CopyWatchdog, note_request
 from .failures import Failure, failure_for
 from .kube import KubernetesUnavailable
 from .metrics import Metrics
 from .schedule import Schedule
 from .settings import Settings, format_duration
+from .slots import FairSlots
 from .spec import ImageCopySpec, parse_spec
 from .status import (
     READY,
@@ -116,6 +122,8 @@ class _ObjectState:
     #: (reason, message) of the last failure: a repeat posts no second event.
     last_failure: tuple[str, str] | None = None
     true_conditions: frozenset[str] = frozenset()
+    #: The registries its spec names, as request metrics label them.
+    registries: frozenset[str] = frozenset()
 
 
 class ImageCopyService:
@@ -139,8 +147,26 @@ class ImageCopyService:
         self.settings = settings
         self.schedule = Schedule.from_settings(settings, rng=rng, now=now)
         self._now = now
-        self._copy_slots = asyncio.Semaphore(settings.max_concurrent_copies)
+        self._copy_slots = FairSlots(
+            settings.max_concurrent_copies,
+            settings.namespace_copy_slots,
+            on_change=self._update_slot_gauge,
+        )
         self._objects: dict[str, _ObjectState] = {}
+        # Exact allow-list entries are label values from the start (globs name no host).
+        self._listed_registries = frozenset(
+            name
+            for entry in settings.allowed_registries
+            if not any(c in entry for c in "*?[]")
+            for name in _label_names(entry)
+        )
+        self.metrics.name_registries(self._listed_registries)
+
+    def record_request(self, registry: str, method: str, code: str) -> None:
+        """The registry pool's ``on_request`` hook: request metrics, and progress of the
+        copy that sent it (``deadline``)."""
+        note_request(code)
+        self.metrics.record_request(registry, method, code)
 
     # -- the per-object loop -----------------------------------------------------------------
 
@@ -170,8 +196,10 @@ class ImageCopyService:
                 delay = await self.reconcile(ref, body, logger)
         finally:
             stop.cancel()
-            self._objects.pop(ref.uid, None)
+            gone = self._objects.pop(ref.uid, None)
             self._update_object_gauge()
+            if gone is not None and gone.registries:
+                self._update_registry_names()
 
     async def _sleep(
         self, state: _ObjectState, delay: float | None, stop: asyncio.Future[Any]
@@ -215,6 +243,7 @@ class ImageCopyService:
             return None
         try:
             self._check_allowed(spec)
+            self._name_registries(attempt.state, spec)
             await attempt.started(spec)
             report = await self._copy(ref, spec)
         except Exception as exc:
@@ -243,9 +272,13 @@ class ImageCopyService:
 
     async def _copy(self, ref: ObjectRef, spec: ImageCopySpec) -> CopyReport:
         credentials = await resolve_credentials(self.secrets, ref.namespace, spec)
-        options = spec.copy_options(self.settings.blob_concurrency)
-        async with self._copy_slots:
-            return await self.copier.copy(spec.source, spec.destination, options, credentials)
+        async with self._copy_slots.slot(ref.namespace):
+            # The clocks start with the slot: waiting for one is not the copy's fault.
+            watchdog = CopyWatchdog(self.settings.copy_timeout, self.settings.stall_timeout)
+            options = replace(spec.copy_options(self.settings.blob_concurrency), progress=watchdog)
+            return await watchdog.run(
+                self.copier.copy(spec.source, spec.destination, options, credentials)
+            )
 
     def _check_allowed(self, spec: ImageCopySpec) -> None:
         for side, registry in (
@@ -267,6 +300,27 @@ class ImageCopyService:
 
     def _update_object_gauge(self) -> None:
         self.metrics.set_objects(s.true_conditions for s in self._objects.values())
+
+    def _update_slot_gauge(self) -> None:
+        self.metrics.set_copy_slots(self._copy_slots.in_use, self._copy_slots.waiting)
+
+    def _name_registries(self, state: _ObjectState, spec: ImageCopySpec) -> None:
+        """Remember the registries ``spec`` names; request metrics label only those (and the
+        exact allow-list entries), so a host a registry points at cannot add a label."""
+        names = frozenset(
+            name
+            for registry in (spec.source.registry, spec.destination.registry)
+            for name in _label_names(registry)
+        )
+        if names != state.registries:
+            state.registries = names
+            self._update_registry_names()
+
+    def _update_registry_names(self) -> None:
+        named = set(self._listed_registries)
+        for state in self._objects.values():
+            named |= state.registries
+        self.metrics.name_registries(named)
 
 
 @dataclass
@@ -357,6 +411,19 @@ class _Attempt:
 
     def _now(self) -> datetime:
         return self.service._now()
+
+
+def _label_names(registry: Registry | str) -> tuple[str, ...]:
+    """How request metrics may spell ``registry``: ``host[:port]`` of its URLs, which drop
+    a default port (``reg:443`` → ``reg``)."""
+    if isinstance(registry, str):
+        try:
+            registry = Registry.parse(registry)
+        except ImageCopyError:
+            return ()
+    if registry.port in (80, 443):
+        return (str(registry), registry.host)
+    return (str(registry),)
 
 
 def _generation(body: Mapping[str, Any]) -> int:

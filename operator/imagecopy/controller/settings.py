@@ -79,6 +79,21 @@ def _items(value: str | None) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
+def _timeout(env: Mapping[str, str], name: str, default: float) -> float:
+    """A duration of at least 1 s; unset → ``default``. Every copy has a deadline, so
+    there is no "off"."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = parse_duration(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+    if value < 1:
+        raise SettingsError(f"{name}={raw!r} must be at least 1s")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     #: Host globs (``fnmatch`` on ``host:port`` and on ``host``) a copy may touch.
@@ -98,6 +113,20 @@ class Settings:
     #: Transient failures back off from ``retry_base`` doubling up to ``retry_max`` seconds.
     retry_base: float = 2.0
     retry_max: float = 300.0
+    #: Seconds one copy may run before it is cancelled (``CopyTimeout``).
+    copy_timeout: float = 1800.0
+    #: Seconds a copy may go without progress before it is cancelled (``CopyTimeout``).
+    stall_timeout: float = 120.0
+    #: Copy slots one namespace may hold; None: one less than ``max_concurrent_copies``
+    #: (at least 1), so one slot is always left for the other namespaces.
+    max_copies_per_namespace: int | None = None
+
+    @property
+    def namespace_copy_slots(self) -> int:
+        """Copy slots one namespace may hold at once."""
+        if self.max_copies_per_namespace is None:
+            return max(1, self.max_concurrent_copies - 1)
+        return min(self.max_copies_per_namespace, self.max_concurrent_copies)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -148,6 +177,13 @@ class Settings:
             default_interval=duration("IMAGECOPY_DEFAULT_INTERVAL", None),
             stalled_retry=stalled if stalled is not None else 300.0,
             metrics_port=integer("IMAGECOPY_METRICS_PORT", 8080, 0),
+            copy_timeout=_timeout(env, "IMAGECOPY_COPY_TIMEOUT", 1800.0),
+            stall_timeout=_timeout(env, "IMAGECOPY_STALL_TIMEOUT", 120.0),
+            max_copies_per_namespace=(
+                integer("IMAGECOPY_MAX_COPIES_PER_NAMESPACE", 1, 1)
+                if env.get("IMAGECOPY_MAX_COPIES_PER_NAMESPACE", "").strip()
+                else None
+            ),
         )
 
     def registry_allowed(self, registry: Registry | str) -> bool:

@@ -20,7 +20,8 @@ class TagPolicy(StrEnum):
 
 
 class ProgressListener(Protocol):
-    """Receives progress; the CLI renders it, the operator ignores it."""
+    """Receives progress; the CLI renders it, the operator counts it as the copy moving
+    (``controller.deadline``)."""
 
     def blob_started(self, desc: Descriptor) -> None: ...
     def blob_advanced(self, desc: Descriptor, nbytes: int) -> None: ...
