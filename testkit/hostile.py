@@ -1074,7 +1074,10 @@ class _Listener:
             self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(
-            target=self.server.serve_forever, name=f"hostile-{name}", daemon=True
+            target=self.server.serve_forever,
+            kwargs={"poll_interval": 0.05},  # stop() returns at once
+            name=f"hostile-{name}",
+            daemon=True,
         )
         self.thread.start()
 
