@@ -9,7 +9,7 @@ export PATH := $(TOOLS)/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export IMAGECOPY_REQUIRE_TOOLS := 1
 export IMAGECOPY_REQUIRE_E2E := 1
 
-.PHONY: test venv tools controlplane lint typecheck unit integration e2e demo bench clean
+.PHONY: test venv tools controlplane lint typecheck unit fuzz integration e2e demo bench clean
 
 test: venv tools controlplane lint typecheck unit integration e2e
 
@@ -35,8 +35,12 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
+# The fuzz suite is part of the unit stage: pure, no servers, bounded (< 60 s).
 unit: venv tools
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q tests/unit tests/fuzz
+
+fuzz: venv
+	$(PY) -m pytest -q tests/fuzz
 
 integration: venv tools
 	$(PY) -m pytest -q tests/integration

@@ -11,6 +11,9 @@ It owns the real things a test or a benchmark runs against, none of them part of
 - :mod:`testkit.peers` — ``crane`` and ``skopeo`` as independent readers of what a copy wrote;
 - :mod:`testkit.netproxy` — a user-space latency/bandwidth/fault proxy, and
   :mod:`testkit.proxy_server`, the same proxy as a process with a counter dump;
+- :mod:`testkit.hostile` — a registry that misbehaves on purpose (huge bodies, hostile
+  redirects and upload locations, endless indexes, deep JSON, traversal digests, foreign
+  token realms), in process or as a process, recording every request;
 - :mod:`testkit.tools` — where the repository and its tools are (``find_tool``);
 - :mod:`testkit.processes` — ``free_port`` and process groups (start so they die with their
   parent, stop with SIGTERM then SIGKILL).
