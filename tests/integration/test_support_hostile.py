@@ -276,14 +276,17 @@ def test_the_endless_index_is_an_index_of_indexes_with_valid_digests(
 def test_the_wide_index_has_distinct_children_and_shows_concurrency(
     hostile: Factory,
 ) -> None:
-    reg = hostile(BEHAVIOURS["wide-index"].with_(index_children=40, delay_ms=200))
+    reg = hostile(BEHAVIOURS["wide-index"].with_(index_children=40, delay_ms=1500))
     with httpx.Client(base_url=reg.url) as c:
         children = json.loads(_manifest(c, "1").content)["manifests"]
     assert len({d["digest"] for d in children}) == 40
     reg.clear()
 
+    ready = threading.Barrier(10)
+
     def fetch(digest: str) -> None:
         with httpx.Client(base_url=reg.url) as c:
+            ready.wait()  # all ten start together, however busy the machine is
             _manifest(c, digest)
 
     threads = [threading.Thread(target=fetch, args=(d["digest"],)) for d in children[:10]]
