@@ -20,6 +20,11 @@ from enum import StrEnum
 __all__ = ["Backoff", "Jitter", "RetryBudget", "RetryPolicy", "parse_retry_after"]
 
 
+#: Doublings past which ``Backoff.step`` stops growing: ``2.0 ** 1023`` is the largest finite
+#: power of two, and every real cap is reached long before.
+_MAX_DOUBLINGS = 1000
+
+
 class Jitter(StrEnum):
     #: Anywhere between 0 and the step: spreads retries of many clients the most.
     FULL = "full"
@@ -38,8 +43,11 @@ class Backoff:
     retry_after_max: float = 60.0
 
     def step(self, retry: int) -> float:
-        """The un-jittered wait before retry ``retry``."""
-        return min(self.cap, self.base * 2.0 ** max(retry - 1, 0))
+        """The un-jittered wait before retry ``retry``, for any ``retry`` however large."""
+        # ``2.0 ** n`` raises OverflowError past n = 1023 (the controller counts failures
+        # without end); any doubling past that is capped anyway.
+        exponent = min(max(retry - 1, 0), _MAX_DOUBLINGS)
+        return min(self.cap, self.base * 2.0**exponent)
 
     def delay(
         self, retry: int, rng: random.Random | None = None, *, retry_after: float | None = None
