@@ -186,35 +186,49 @@ async def _upload(
     budget = repo.session.budget
     backoff = repo.session.settings.retry.backoff
     chunked = False
-    for attempt in range(1, attempts + 1):
-        try:
-            async with _slot(limits.uploads):
-                if attempt > 1 and await repo.blob_exists(desc.digest):
-                    return
-                if session is None:
-                    session = await _start(repo, options)
-                if not chunked:
-                    if await repo.put_blob(session, desc, content()):
-                        session = None
+    streams: list[AsyncIterator[bytes]] = []
+
+    def fresh() -> AsyncIterator[bytes]:
+        stream = content()
+        streams.append(stream)
+        return stream
+
+    try:
+        for attempt in range(1, attempts + 1):
+            try:
+                async with _slot(limits.uploads):
+                    if attempt > 1 and await repo.blob_exists(desc.digest):
                         return
-                    # The registry wants chunks: start over with a fresh session.
-                    chunked = True
+                    if session is None:
+                        session = await _start(repo, options)
+                    if not chunked:
+                        if await repo.put_blob(session, desc, fresh()):
+                            session = None
+                            return
+                        # The registry wants chunks: start over with a fresh session.
+                        chunked = True
+                        spent, session = session, None
+                        await _discard(repo, spent, options.cancel_timeout)
+                        session = await _start(repo, options)
+                    await repo.patch_blob(
+                        session, desc, fresh(), _chunk_size(repo, session, options)
+                    )
+                    session = None
+                    return
+            except BaseException as exc:
+                # The source first: a transfer cut short leaves its response open otherwise.
+                await _close_streams(streams)
+                if session is not None:
                     spent, session = session, None
                     await _discard(repo, spent, options.cancel_timeout)
-                    session = await _start(repo, options)
-                await repo.patch_blob(session, desc, content(), _chunk_size(repo, session, options))
-                session = None
-                return
-        except BaseException as exc:
-            if session is not None:
-                spent, session = session, None
-                await _discard(repo, spent, options.cancel_timeout)
-            if not isinstance(exc, RegistryError) or not _starts_over(exc):
-                raise
-            if attempt == attempts or not budget.spend():
-                raise
-            log.info("starting blob %s over after: %s", desc.digest, exc)
-        await asyncio.sleep(backoff.delay(attempt))
+                if not isinstance(exc, RegistryError) or not _starts_over(exc):
+                    raise
+                if attempt == attempts or not budget.spend():
+                    raise
+                log.info("starting blob %s over after: %s", desc.digest, exc)
+            await asyncio.sleep(backoff.delay(attempt))
+    finally:
+        await _close_streams(streams)
 
 
 def _starts_over(exc: RegistryError) -> bool:
@@ -260,6 +274,16 @@ async def _opening(
 
         await _best_effort(close(), timeout)
         raise
+
+
+async def _close_streams(streams: list[AsyncIterator[bytes]]) -> None:
+    while streams:
+        aclose = getattr(streams.pop(), "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception as exc:  # already broken: nothing more to release
+                log.debug("closing a blob stream failed: %s", exc)
 
 
 async def _discard(repo: RepositoryClient, session: UploadSession, timeout: float) -> None:
