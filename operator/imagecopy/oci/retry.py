@@ -2,8 +2,9 @@
 per-copy retry budget.
 
 Three places wait before trying again, and all of them use ``Backoff``: the transport
-(another try of one HTTP request), the blob transfer (a streamed upload the transport
-cannot replay) and the controller's schedule (the next reconcile after a transient
+(another try of one HTTP request a repeat cannot harm), the blob transfer (an upload
+started over from a fresh session, where the transport must not replay a POST, a PATCH or a
+streamed body) and the controller's schedule (the next reconcile after a transient
 failure). Retries do not multiply: each layer retries only what the layer below it cannot,
 and every retry of one copy, at any layer, is paid from one ``RetryBudget``. The worst case
 is in docs/reference.md §5 ("Worst case").
