@@ -535,6 +535,14 @@ class NetProxy:
         pump = asyncio.create_task(
             _pump_body(cr, uw, req_framing, self._count_up_body, self._up_throttle)
         )
+
+        def client_gone(done: asyncio.Task[int]) -> None:
+            # The client left mid-body: drop the upstream connection too, as a TCP proxy
+            # would, so the server sees the abort now rather than when the proxy stops.
+            if not done.cancelled() and done.exception() is not None:
+                uw.transport.abort()
+
+        pump.add_done_callback(client_gone)
         try:
             rhead = await ur.readuntil(b"\r\n\r\n")
             while True:

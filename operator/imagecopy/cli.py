@@ -2,18 +2,27 @@
 
 Heavy modules (httpx, rich, kopf) are imported lazily so `imagecopy version` and the start of
 every copy stay fast.
+
+Every failure ends in one line on stderr (``imagecopy: <label>: <message>``), an unexpected
+exception included (``imagecopy: internal error: <Type>: <message>``); ``--debug`` adds the
+traceback. SIGINT and SIGTERM cancel the copy cleanly: its open upload sessions are
+cancelled (``oci.blobs``) before the process exits; a second signal stops it at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import logging
 import os
+import signal
 import sys
+import traceback
 import types
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from . import __version__
 
@@ -31,6 +40,13 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: 128 + the signal's number, as shells report a process a signal ended.
+EXIT_SIGNALLED = 128
+
+#: Longest message of an unexpected exception on the one error line.
+_INTERNAL_MESSAGE_LIMIT = 200
+
+T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("--dry-run", action="store_true", help="plan and count; write nothing")
     cp.add_argument("--json", action="store_true", help="print one JSON object with the report")
     cp.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    cp.add_argument(
+        "--debug",
+        action="store_true",
+        help="log retries and decisions on stderr; print a traceback with a failure",
+    )
 
     op = sub.add_parser("operator", help="run the Kubernetes operator (kopf run options follow)")
     op.add_argument("kopf_args", nargs=argparse.REMAINDER)
@@ -124,63 +145,158 @@ def _skip_httpx_cli() -> None:
 
 
 def _copy_command(args: argparse.Namespace) -> int:
+    """Run ``copy``; any failure becomes one line on stderr and an exit code."""
+    with _debug_logging(args.debug):
+        return _copy_logged(args)
+
+
+def _copy_logged(args: argparse.Namespace) -> int:
+    try:
+        return _copy(args)
+    except KeyboardInterrupt:  # before the event loop handles signals itself
+        print("imagecopy: interrupted", file=sys.stderr)
+        return EXIT_SIGNALLED + signal.SIGINT
+    except _Interrupted as stop:
+        print("imagecopy: interrupted", file=sys.stderr)
+        return EXIT_SIGNALLED + stop.signum
+    except asyncio.CancelledError:  # a signal that came as the copy was returning
+        print("imagecopy: interrupted", file=sys.stderr)
+        return EXIT_SIGNALLED + signal.SIGINT
+    except Exception as exc:
+        return _failed(exc, debug=args.debug)
+
+
+def _failed(exc: Exception, *, debug: bool) -> int:
+    from .oci.errors import ImageCopyError, InvalidReference, InvalidSpec
+
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, ImageCopyError):
+        print(f"imagecopy: {_label(exc)}: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, InvalidSpec | InvalidReference) else EXIT_FAILED
+    # A bug, not a registry's or a user's doing: its type and a short first line, which is
+    # all a user can report without --debug.
+    print(f"imagecopy: internal error: {_short(exc)}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _short(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if len(text) > _INTERNAL_MESSAGE_LIMIT:
+        text = text[: _INTERNAL_MESSAGE_LIMIT - 1] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _debug_logging(enabled: bool) -> Iterator[None]:
+    """With ``enabled``, imagecopy's own log lines (retries, fallbacks; never a credential)
+    go to stderr for the duration."""
+    if not enabled:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("imagecopy")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _copy(args: argparse.Namespace) -> int:
     _skip_httpx_cli()
     from .copy.options import CopyOptions, TagPolicy
     from .oci.credentials import CredentialStore
-    from .oci.errors import ImageCopyError, InvalidReference, InvalidSpec
+    from .oci.errors import InvalidSpec
     from .oci.reference import Reference, parse_platform
 
-    try:
-        source = Reference.parse(args.source)
-        destination = Reference.parse(args.destination, default_tag=None)
-        platforms = tuple(parse_platform(p) for p in args.platform)
-        if args.concurrency < 1:
-            raise InvalidSpec("--concurrency must be at least 1")
-        for tag in args.additional_tag:
-            destination.with_tag(tag)
-        for repo in args.mount_from:
-            destination.registry.repository(repo)
-        credentials = CredentialStore.load(args.docker_config)
-    except (InvalidReference, InvalidSpec) as exc:
-        print(f"imagecopy: {_label(exc)}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ImageCopyError as exc:
-        print(f"imagecopy: {_label(exc)}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    source = Reference.parse(args.source)
+    destination = Reference.parse(args.destination, default_tag=None)
+    platforms = tuple(parse_platform(p) for p in args.platform)
+    if args.concurrency < 1:
+        raise InvalidSpec("--concurrency must be at least 1")
+    for tag in args.additional_tag:
+        destination.with_tag(tag)
+    for repo in args.mount_from:
+        destination.registry.repository(repo)
+    credentials = CredentialStore.load(args.docker_config)
 
     renderer = None if args.quiet else _Renderer(sys.stderr, json_mode=args.json)
-    options = CopyOptions(
-        platforms=platforms,
-        referrers=args.referrers,
-        additional_tags=tuple(args.additional_tag),
-        tag_policy=TagPolicy(args.tag_policy),
-        mount=not args.no_mount,
-        mount_from=tuple(args.mount_from),
-        concurrency=args.concurrency,
-        dry_run=args.dry_run,
-        progress=renderer,
-    )
     try:
-        report = asyncio.run(
-            _run_copy(source, destination, options, credentials, args), debug=False
+        options = CopyOptions(
+            platforms=platforms,
+            referrers=args.referrers,
+            additional_tags=tuple(args.additional_tag),
+            tag_policy=TagPolicy(args.tag_policy),
+            mount=not args.no_mount,
+            mount_from=tuple(args.mount_from),
+            concurrency=args.concurrency,
+            dry_run=args.dry_run,
+            progress=renderer,
         )
-    except ImageCopyError as exc:
+        report = asyncio.run(
+            _until_signalled(_run_copy(source, destination, options, credentials, args)),
+            debug=False,
+        )
+    finally:
         if renderer:
             renderer.stop()
-        print(f"imagecopy: {_label(exc)}: {exc}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, InvalidSpec | InvalidReference) else EXIT_FAILED
-    except KeyboardInterrupt:
-        if renderer:
-            renderer.stop()
-        print("imagecopy: interrupted", file=sys.stderr)
-        return 130
-    if renderer:
-        renderer.stop()
     if args.json:
         print(json.dumps(report.to_json()))
     elif not args.quiet:
         print(f"{report.destination_pinned}: {report.summary()}")
     return EXIT_OK
+
+
+class _Interrupted(Exception):
+    """The copy was cancelled by a signal (and cleaned up)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+async def _until_signalled(work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work``; SIGINT or SIGTERM cancels it, so every task of the copy unwinds and
+    cancels the upload sessions it opened, then ``_Interrupted`` is raised. A second signal
+    while that runs ends the process at once, as the signal would."""
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    received: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def on_signal(signum: int) -> None:
+        if received:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        received.append(signum)
+        main.cancel()
+
+    installed = []
+    for sig in signals:
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue  # not the main thread, or no signals here: the default handling stays
+        installed.append(sig)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if received:
+            raise _Interrupted(received[0]) from None
+        raise
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 async def _run_copy(

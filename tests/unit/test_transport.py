@@ -317,7 +317,7 @@ async def test_streaming_bodies_are_never_retried(server: ScriptedServer) -> Non
 async def test_byte_bodies_are_replayed_on_retry(server: ScriptedServer) -> None:
     server.script = [(503, {}), (500, {})]
     async with retry_client() as client:
-        response = await client.post(server.url + "/v2/a/blobs/uploads/", content=b"payload")
+        response = await client.put(server.url + "/v2/a/manifests/1", content=b"payload")
     assert response.status_code == 200
     assert [s.body for s in server.seen] == [b"payload"] * 3
 

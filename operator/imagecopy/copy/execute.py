@@ -20,13 +20,13 @@ from typing import Any, Protocol
 
 from ..oci.blobs import BlobOutcome, BlobPlacement, Limits, UploadOptions, ensure_blob
 from ..oci.descriptor import Descriptor, Manifest
-from ..oci.errors import ImageCopyError, RegistryError
 from ..oci.referrers import push_manifest, push_referrers
 from ..oci.repository import RepositoryClient
 from .mounts import MountRoute, MountStrategy
 from .options import ProgressListener
 from .plan import Node, Plan
 from .report import CopyReport
+from .tasks import first_failure, gather_all
 
 __all__ = ["Destination", "DryRunDestination", "Executor", "RegistryDestination"]
 
@@ -149,7 +149,7 @@ class Executor:
 
     async def _push_referrers(self, referrers: list[Node]) -> None:
         await self._in_group(*(self._complete(node.manifest) for node in referrers))
-        found = await asyncio.gather(
+        found = await gather_all(
             *(self.destination.has_manifest(node.manifest.digest) for node in referrers)
         )
         missing = [node for node, there in zip(referrers, found, strict=True) if not there]
@@ -161,7 +161,8 @@ class Executor:
 
     async def _in_group(self, *work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in one task group: blob and child tasks started inside share it, so
-        the first failure cancels the rest and is reported (a permanent one over a
+        the first failure cancels the rest — each cancelled blob transfer cancels its upload
+        session on the way out (``oci.blobs``) — and is reported (a permanent one over a
         transient one)."""
         try:
             async with asyncio.TaskGroup() as group:
@@ -169,7 +170,7 @@ class Executor:
                 for item in work:
                     group.create_task(item)
         except BaseExceptionGroup as failures:
-            raise _first_failure(failures) from None
+            raise first_failure(failures) from None
         finally:
             self._group = None
 
@@ -196,6 +197,8 @@ class Executor:
             for child in manifest.manifests
         ]
         if waits:
+            # Tasks of the walk's group, shared with other manifests naming the same digest:
+            # a failure among them cancels the whole group, so this only waits.
             await asyncio.gather(*waits)
 
     async def _copy_child(self, digest: str) -> None:
@@ -228,21 +231,3 @@ def _subject(node: Node) -> str:
         return subject.digest
     assert node.referrer_of is not None
     return node.referrer_of
-
-
-def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error to report from a group of failures: a permanent one over a retryable one."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop(0)
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
-    for exc in leaves:
-        if isinstance(exc, ImageCopyError) and not (
-            isinstance(exc, RegistryError) and exc.retryable
-        ):
-            return exc
-    return leaves[0]

@@ -9,6 +9,7 @@ code. Making a blob present by the cheapest route is ``oci.blobs``; referrers ar
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -51,6 +52,10 @@ __all__ = [
 _MANIFEST_STORED = frozenset({200, 201, 202})
 #: Statuses that answer a completed blob upload.
 _BLOB_STORED = frozenset({201, 204})
+#: DELETEs of one abandoned upload session, each after learning where it moved (416), and
+#: the pause between them; the caller bounds the whole in time (``oci.blobs``: 5 s).
+_CANCEL_ROUNDS = 30
+_CANCEL_PAUSE = 0.2
 #: Answers to a monolithic PUT that mean "send it in chunks instead", unless the error code
 #: says the bytes themselves were wrong.
 _WANTS_CHUNKS = frozenset({400, 405, 415, 416})
@@ -479,10 +484,29 @@ class RepositoryClient:
         return self._session_of(response)
 
     async def cancel_upload(self, session: UploadSession) -> None:
-        """Best effort: an abandoned session expires on its own."""
+        """Best effort: an abandoned session expires on its own.
+
+        A session that took part of a body before the transfer was cut off has moved past
+        the offset its ``Location`` carries, and distribution answers that ``Location`` 416;
+        its status (``GET``, answered 204 with the current ``Location``) names the session
+        as it is now, which is cancelled instead (a few rounds: bytes sent before the cut
+        may still be landing).
+        """
+        location = session.location
         try:
-            response = await self._send("cancel upload", "DELETE", session.location)
-            await self._read_error(response)
+            for round_ in range(_CANCEL_ROUNDS):
+                if round_:
+                    # Bytes sent before the cut still land; let them, then look again.
+                    await asyncio.sleep(_CANCEL_PAUSE)
+                response = await self._send("cancel upload", "DELETE", location)
+                await self._read_error(response)
+                if response.status_code != 416:
+                    return
+                status = await self._send("check upload", "GET", location)
+                await self._read_error(status)
+                if status.status_code != 204 or not status.headers.get("Location"):
+                    return
+                location = self.location(status)
         except RegistryError:
             pass
 

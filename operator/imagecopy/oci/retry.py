@@ -2,8 +2,9 @@
 per-copy retry budget.
 
 Three places wait before trying again, and all of them use ``Backoff``: the transport
-(another try of one HTTP request), the blob transfer (a streamed upload the transport
-cannot replay) and the controller's schedule (the next reconcile after a transient
+(another try of one HTTP request a repeat cannot harm), the blob transfer (an upload
+started over from a fresh session, where the transport must not replay a POST, a PATCH or a
+streamed body) and the controller's schedule (the next reconcile after a transient
 failure). Retries do not multiply: each layer retries only what the layer below it cannot,
 and every retry of one copy, at any layer, is paid from one ``RetryBudget``. The worst case
 is in docs/reference.md §5 ("Worst case").
@@ -18,6 +19,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 __all__ = ["Backoff", "Jitter", "RetryBudget", "RetryPolicy", "parse_retry_after"]
+
+
+#: Doublings past which ``Backoff.step`` stops growing: ``2.0 ** 1023`` is the largest finite
+#: power of two, and every real cap is reached long before.
+_MAX_DOUBLINGS = 1000
 
 
 class Jitter(StrEnum):
@@ -38,8 +44,11 @@ class Backoff:
     retry_after_max: float = 60.0
 
     def step(self, retry: int) -> float:
-        """The un-jittered wait before retry ``retry``."""
-        return min(self.cap, self.base * 2.0 ** max(retry - 1, 0))
+        """The un-jittered wait before retry ``retry``, for any ``retry`` however large."""
+        # ``2.0 ** n`` raises OverflowError past n = 1023 (the controller counts failures
+        # without end); any doubling past that is capped anyway.
+        exponent = min(max(retry - 1, 0), _MAX_DOUBLINGS)
+        return min(self.cap, self.base * 2.0**exponent)
 
     def delay(
         self, retry: int, rng: random.Random | None = None, *, retry_after: float | None = None

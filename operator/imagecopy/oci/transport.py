@@ -5,6 +5,11 @@ in ``oci.pool`` as ``RetryTransport(CountingTransport(guard(connections)))`` so 
 that reaches the network is counted once. Neither layer knows about registries beyond the
 URL. Retries follow ``oci.retry``: at most ``RetryPolicy.attempts`` tries of one request,
 each retry paid from the copy's ``RetryBudget`` (``request.extensions[BUDGET]``).
+
+Only a request a repeat cannot harm is sent again: an idempotent method with a replayable
+body, or any request that provably never left this host (a connect error). POST (upload
+start, mount, the refresh-token POST) and PATCH (upload chunks) are otherwise sent once; the
+blob layer (``oci.blobs``) starts such an upload over from a fresh session instead.
 """
 
 from __future__ import annotations
@@ -77,12 +82,14 @@ def budget_for(request: httpx.Request) -> RetryBudget | None:
 
 
 class RetryTransport(httpx.AsyncBaseTransport):
-    """Repeats requests that failed in a way another try can fix.
+    """Repeats requests that failed in a way another try can fix, when a repeat is safe.
 
-    Retried: connect errors (any method), read errors and protocol errors (idempotent methods
-    only), and the statuses in ``RETRY_STATUSES`` — always only when the body is replayable.
-    Waits ``Retry-After`` when given, else exponential backoff with full jitter. The last
-    response is returned, or the last exception raised.
+    Retried, always only when the body is replayable: connect errors (any method: nothing was
+    sent); read errors, protocol errors and the statuses in ``RETRY_STATUSES`` for the
+    ``IDEMPOTENT_METHODS`` only. A POST or PATCH answered 5xx may have been acted on (a
+    session opened, a chunk appended), so it is returned as it is. Waits ``Retry-After`` when
+    given, else exponential backoff with full jitter. The last response is returned, or the
+    last exception raised.
     """
 
     def __init__(
@@ -124,7 +131,8 @@ class RetryTransport(httpx.AsyncBaseTransport):
                 delay = backoff.delay(attempt, self._rng)
                 reason = type(exc).__name__
             else:
-                if last or not replayable or response.status_code not in RETRY_STATUSES:
+                retry_status = response.status_code in RETRY_STATUSES
+                if last or not replayable or not idempotent or not retry_status:
                     return response
                 asked = parse_retry_after(response.headers.get("Retry-After"), now=self._clock())
                 delay = backoff.delay(attempt, self._rng, retry_after=asked)
