@@ -541,7 +541,6 @@ def test_registry_error_codes_of_a_deeply_nested_body(deep: Deep) -> None:
     registry_error_codes(httpx.Response(500, content=deep.text.encode()))
 
 
-@known_defect("issue 10: fixed on branch retries (retry_delay overflows)")
 @given(st.integers(min_value=0, max_value=10**7))
 def test_backoff_is_finite_for_any_retry_number(retry: int) -> None:
     backoff = Backoff()
