@@ -108,10 +108,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
         settings=config,
     )
     logger.info(
-        "imagecopy operator started: allowedRegistries=%s insecureRegistries=%s "
+        "imagecopy operator started: allowedRegistries=%s plainHttpRegistries=%s "
+        "insecureRegistries=%s blockedNetworks=%s "
         "maxConcurrentCopies=%d blobConcurrency=%d stalledRetry=%ss metricsPort=%d",
         ",".join(config.allowed_registries),
+        ",".join(sorted(config.plain_http_registries)) or "-",
         ",".join(sorted(config.insecure_registries)) or "-",
+        ",".join(config.blocked_networks) or "none",
         config.max_concurrent_copies,
         config.blob_concurrency,
         config.stalled_retry,

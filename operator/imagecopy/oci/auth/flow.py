@@ -283,13 +283,15 @@ class RegistryAuth(httpx.Auth):
     async def _send_token_request(
         self, request: httpx.Request, basic: httpx.BasicAuth | None
     ) -> tuple[int, bytes]:
-        """Send a token request; its status and body, read up to the bound and no further."""
+        """Send a token request; its status and body, read up to the bound and no further.
+
+        Only a 200's body is used: another answer's is read (so the connection can be reused)
+        while it stays within the bound, and dropped.
+        """
+        limit = MAX_TOKEN_RESPONSE_BYTES
         response = await self._token_client.send(request, auth=basic, stream=True)
         try:
             status = response.status_code
-            if status != 200:
-                return status, b""  # only the status is used: the body is not read at all
-            limit = MAX_TOKEN_RESPONSE_BYTES
             too_big = self._error(
                 RegistryError,
                 f"the token service of registry {self.registry} answered with more than "
@@ -298,9 +300,13 @@ class RegistryAuth(httpx.Auth):
             )
             length = response.headers.get("Content-Length", "")
             if length.isdigit() and int(length) > limit:
+                if status != 200:
+                    return status, b""
                 raise too_big
             encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
             if encoding not in ("", "identity"):
+                if status != 200:
+                    return status, b""
                 # Asked for identity: a compressed answer could inflate past any bound.
                 raise self._error(
                     RegistryError,
@@ -309,11 +315,13 @@ class RegistryAuth(httpx.Auth):
                     status,
                 )
             body = bytearray()
-            async for chunk in response.aiter_raw():
+            async for chunk in response.aiter_bytes():  # identity: the bytes as sent
                 body += chunk
                 if len(body) > limit:
+                    if status != 200:
+                        return status, b""
                     raise too_big
-            return status, bytes(body)
+            return status, bytes(body) if status == 200 else b""
         finally:
             await response.aclose()
 
