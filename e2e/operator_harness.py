@@ -35,7 +35,7 @@ START_TIMEOUT = 60.0
 #: Settings every test operator uses: loopback registries speak plain HTTP; Stalled objects
 #: are retried every few seconds so healing is observable in a test.
 TEST_ENV = {
-    "IMAGECOPY_INSECURE_REGISTRIES": "127.0.0.1",
+    "IMAGECOPY_PLAIN_HTTP_REGISTRIES": "127.0.0.1",
     "IMAGECOPY_ALLOWED_REGISTRIES": "127.0.0.1,127.0.0.1:*,localhost:*",
     "IMAGECOPY_STALLED_RETRY": "3s",
 }

@@ -3,7 +3,7 @@ real Secrets, one namespace per test.
 
 One operator process serves the whole module (it watches every namespace); tests stay
 isolated by namespace and repository names. The registries speak plain HTTP on loopback
-(``IMAGECOPY_INSECURE_REGISTRIES=127.0.0.1``); Stalled objects are retried every 3 s.
+(``IMAGECOPY_PLAIN_HTTP_REGISTRIES=127.0.0.1``); Stalled objects are retried every 3 s.
 """
 
 from __future__ import annotations

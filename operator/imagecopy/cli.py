@@ -21,7 +21,7 @@ import signal
 import sys
 import traceback
 import types
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from . import __version__
@@ -93,14 +93,24 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="HOST[:PORT]",
-        help="talk plain HTTP to this registry (repeatable)",
+        help="talk plain HTTP to this exact host (repeatable; no port: every port)",
     )
     cp.add_argument(
         "--insecure",
         action="append",
         default=[],
         metavar="HOST[:PORT]",
-        help="skip TLS verification for this registry (repeatable)",
+        help="skip TLS verification for this exact host; never plain HTTP (repeatable)",
+    )
+    cp.add_argument(
+        "--blocked-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help=(
+            "never connect to this network, in addition to IMAGECOPY_BLOCKED_NETWORKS or the "
+            "default (link-local, cloud metadata); 'none' drops those (repeatable)"
+        ),
     )
     cp.add_argument("--ca-file", metavar="PEM", help="extra CA bundle to trust")
     cp.add_argument("--docker-config", metavar="PATH", help="docker config.json with credentials")
@@ -212,6 +222,7 @@ def _copy(args: argparse.Namespace) -> int:
     _skip_httpx_cli()
     from .copy.options import CopyOptions, TagPolicy
     from .oci.credentials import CredentialStore
+    from .oci.egress import HostList
     from .oci.errors import InvalidSpec
     from .oci.reference import Reference, parse_platform
 
@@ -224,6 +235,12 @@ def _copy(args: argparse.Namespace) -> int:
         destination.with_tag(tag)
     for repo in args.mount_from:
         destination.registry.repository(repo)
+    args.blocked_networks = _blocked_networks(args.blocked_network, os.environ)
+    for flag, hosts in (("--plain-http", args.plain_http), ("--insecure", args.insecure)):
+        try:
+            HostList.parse(hosts)
+        except ValueError as exc:
+            raise InvalidSpec(f"{flag}: {exc}") from None
     credentials = CredentialStore.load(args.docker_config)
 
     renderer = None if args.quiet else _Renderer(sys.stderr, json_mode=args.json)
@@ -312,11 +329,36 @@ async def _run_copy(
     settings = TransportSettings(
         plain_http=frozenset(args.plain_http),
         insecure=frozenset(args.insecure),
+        blocked_networks=args.blocked_networks,
         ca_file=args.ca_file,
         max_connections=max(16, 2 * args.concurrency),
     )
     async with RegistryPool(settings) as pool:
         return await Copier(pool).copy(source, destination, options, credentials)
+
+
+def _blocked_networks(flags: Sequence[str], env: Mapping[str, str]) -> tuple[str, ...]:
+    """The networks the CLI never connects to: ``IMAGECOPY_BLOCKED_NETWORKS`` when set (the
+    operator's parser), else the default; each ``--blocked-network`` adds one, and
+    ``--blocked-network none`` drops the base list (the other flags still count)."""
+    from .oci.errors import InvalidSpec
+    from .oci.netguard import DEFAULT_BLOCKED_NETWORKS, parse_blocked_networks
+
+    raw = env.get("IMAGECOPY_BLOCKED_NETWORKS")
+    try:
+        base = DEFAULT_BLOCKED_NETWORKS if raw is None else parse_blocked_networks(raw)
+    except ValueError as exc:
+        raise InvalidSpec(f"IMAGECOPY_BLOCKED_NETWORKS: {exc}") from None
+    added: list[str] = []
+    for flag in flags:
+        if flag.strip().lower() == "none":
+            base = ()
+            continue
+        try:
+            added.extend(parse_blocked_networks(flag))
+        except ValueError as exc:
+            raise InvalidSpec(f"--blocked-network: {exc}") from None
+    return tuple(dict.fromkeys((*base, *added)))
 
 
 def _label(exc: ImageCopyError) -> str:

@@ -23,9 +23,15 @@ def repo(prefix: str = "t") -> str:
 
 
 def settings_for(*registries: RegistryServer, retry: RetryPolicy = FAST_RETRY) -> TransportSettings:
-    plain = frozenset(r.host for r in registries if not r.tls)
+    plain = {r.host for r in registries if not r.tls}
+    # A plain-HTTP token realm is used only when its own host is configured for plain HTTP.
+    plain |= {
+        f"{r.token_issuer.realm_host}:{r.token_issuer.port}"
+        for r in registries
+        if r.token_issuer is not None and not r.token_issuer.tls
+    }
     ca = next((str(r.ca_file) for r in registries if r.tls and r.ca_file), None)
-    return TransportSettings(plain_http=plain, ca_file=ca, retry=retry)
+    return TransportSettings(plain_http=frozenset(plain), ca_file=ca, retry=retry)
 
 
 def credentials_for(*registries: RegistryServer) -> CredentialStore:

@@ -40,6 +40,7 @@ from imagecopy.oci.auth import (
     scopes_for_request,
 )
 from imagecopy.oci.credentials import ANONYMOUS, Credential
+from imagecopy.oci.egress import HostList
 from imagecopy.oci.errors import RateLimited, RegistryError, RegistryUnreachable, Unauthorized
 from imagecopy.oci.reference import Registry
 from testkit.registry import RegistryServer
@@ -53,6 +54,9 @@ from tests.support.fixtures import (
 )
 
 ALICE = Credential(ADMIN_USER, ADMIN_PASSWORD)
+#: The test registries and token issuers listen on loopback over plain HTTP: configured so,
+#: as a copy's settings would, or their plain-HTTP realms are refused.
+LOOPBACK_PLAIN_HTTP = HostList.parse(["127.0.0.1", "localhost"])
 READER = Credential(READER_USER, READER_PASSWORD)
 MISSING = "sha256:" + "0" * 64
 
@@ -96,6 +100,7 @@ async def client_for(
     token_verify: Any = True,
     **kwargs: Any,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, RegistryAuth]]:
+    kwargs.setdefault("plain_http", LOOPBACK_PLAIN_HTTP)
     async with httpx.AsyncClient(timeout=10, verify=token_verify) as token_client:
         auth = make_auth(
             registry.host, credential, token_client=token_client, scheme=registry.scheme, **kwargs
@@ -808,7 +813,8 @@ async def test_plain_http_realm_on_another_host_is_refused(
     assert "http://tokens.example.invalid" in str(info.value)
     assert ADMIN_PASSWORD not in str(info.value)
     assert auth.token_requests == 0
-    async with client_for(registry, allow_insecure_realm=True) as (client, auth):
+    trusted = HostList.parse(["tokens.example.invalid"])
+    async with client_for(registry, plain_http=trusted) as (client, auth):
         with pytest.raises(httpx.ConnectError):  # allowed, so it is tried
             await head_blob(client, unique_repo())
     assert auth.token_requests == 1
@@ -835,22 +841,31 @@ async def test_https_realm_is_accepted(
 
 
 @pytest.mark.parametrize(
-    ("registry", "scheme", "realm", "allowed"),
+    ("registry", "scheme", "plain_http", "realm", "allowed"),
     [
-        ("r.io", "https", "https://auth.elsewhere.io/token", True),
-        ("r.io", "https", "http://r.io:8080/token", True),
-        ("r.io:5000", "http", "http://r.io/token", True),
-        ("r.io", "https", "http://auth.elsewhere.io/token", False),
-        ("r.io", "https", "ftp://r.io/token", False),
-        ("127.0.0.1:5000", "http", "http://localhost:9000/token", True),
-        ("127.0.0.1:5000", "http", "http://10.0.0.1/token", False),
-        ("r.io", "https", "/token", True),
-        ("r.io", "http", "/token", True),
+        ("r.io", "https", [], "https://auth.elsewhere.io/token", True),
+        ("r.io", "https", [], "/token", True),
+        ("r.io", "http", ["r.io"], "/token", True),
+        ("r.io:5000", "http", ["r.io:5000", "r.io:80"], "http://r.io/token", True),
+        ("r.io:5000", "http", ["r.io"], "http://r.io:9000/token", True),
+        ("127.0.0.1:5000", "http", ["127.0.0.1:5000", "localhost"], "http://localhost:9/t", True),
+        # An HTTPS registry never gets a plain-HTTP realm, not even on its own host.
+        ("r.io", "https", [], "http://r.io:8080/token", False),
+        ("r.io", "https", [], "http://r.io/token", False),
+        # A plain-HTTP registry does not make other hosts (or ports) plain-HTTP realms.
+        ("r.io:5000", "http", ["r.io:5000"], "http://r.io/token", False),
+        ("r.io:5000", "http", ["r.io:5000"], "http://auth.elsewhere.io/token", False),
+        ("127.0.0.1:5000", "http", ["127.0.0.1:5000"], "http://localhost:9000/token", False),
+        ("127.0.0.1:5000", "http", ["127.0.0.1:5000"], "http://10.0.0.1/token", False),
+        ("r.io", "https", [], "ftp://r.io/token", False),
     ],
 )
-async def test_realm_rules(registry: str, scheme: str, realm: str, allowed: bool) -> None:
+async def test_realm_rules(
+    registry: str, scheme: str, plain_http: list[str], realm: str, allowed: bool
+) -> None:
     """The registry is ``httpx.MockTransport``: a real one cannot name arbitrary realm hosts
-    without DNS for them. Relative realms resolve against the registry."""
+    without DNS for them. Relative realms resolve against the registry. A plain-HTTP realm is
+    accepted only on a host the plain-HTTP list names."""
     token_hosts: list[str] = []
 
     def registry_answer(request: httpx.Request) -> httpx.Response:
@@ -863,7 +878,13 @@ async def test_realm_rules(registry: str, scheme: str, realm: str, allowed: bool
         return httpx.Response(200, json={"token": "tok"})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(token_answer)) as tokens:
-        auth = make_auth(registry, ALICE, token_client=tokens, scheme=scheme)
+        auth = make_auth(
+            registry,
+            ALICE,
+            token_client=tokens,
+            scheme=scheme,
+            plain_http=HostList.parse(plain_http),
+        )
         async with httpx.AsyncClient(
             transport=httpx.MockTransport(registry_answer), auth=auth
         ) as client:

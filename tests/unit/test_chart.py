@@ -279,7 +279,8 @@ def test_operator_settings_become_env_vars(helm: str, tmp_path: Path) -> None:
     values = {
         "operator": {
             "allowedRegistries": ["*.example.com", "ghcr.io"],
-            "insecureRegistries": ["registry.local:5000"],
+            "plainHttpRegistries": ["registry.local:5000"],
+            "insecureRegistries": ["tls.local:8443"],
             "blockedNetworks": ["169.254.0.0/16", "10.0.0.0/8"],
             "maxConcurrentCopies": 2,
             "blobConcurrency": 16,
@@ -296,7 +297,8 @@ def test_operator_settings_become_env_vars(helm: str, tmp_path: Path) -> None:
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert {k: v for k, v in env.items() if k.startswith("IMAGECOPY_")} == {
         "IMAGECOPY_ALLOWED_REGISTRIES": "*.example.com,ghcr.io",
-        "IMAGECOPY_INSECURE_REGISTRIES": "registry.local:5000",
+        "IMAGECOPY_PLAIN_HTTP_REGISTRIES": "registry.local:5000",
+        "IMAGECOPY_INSECURE_REGISTRIES": "tls.local:8443",
         "IMAGECOPY_BLOCKED_NETWORKS": "169.254.0.0/16,10.0.0.0/8",
         "IMAGECOPY_MAX_CONCURRENT_COPIES": "2",
         "IMAGECOPY_BLOB_CONCURRENCY": "16",
@@ -320,6 +322,7 @@ def test_values_cover_every_operator_setting() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert set(values["operator"]) == {
         "allowedRegistries",
+        "plainHttpRegistries",
         "insecureRegistries",
         "blockedNetworks",
         "maxConcurrentCopies",

@@ -118,7 +118,8 @@ def test_settings_from_env() -> None:
     s = Settings.from_env(
         {
             "IMAGECOPY_ALLOWED_REGISTRIES": "*.example.com, 127.0.0.1:*",
-            "IMAGECOPY_INSECURE_REGISTRIES": "127.0.0.1,Registry.local:5000",
+            "IMAGECOPY_PLAIN_HTTP_REGISTRIES": "127.0.0.1,Registry.local:5000",
+            "IMAGECOPY_INSECURE_REGISTRIES": "tls.local:8443",
             "IMAGECOPY_BLOCKED_NETWORKS": "10.0.0.0/8",
             "IMAGECOPY_MAX_CONCURRENT_COPIES": "2",
             "IMAGECOPY_BLOB_CONCURRENCY": "16",
@@ -128,17 +129,18 @@ def test_settings_from_env() -> None:
         }
     )
     assert s.registry_allowed("registry.example.com")
-    assert s.registry_allowed("registry.example.com:5000")
+    assert not s.registry_allowed("registry.example.com:5000")  # a host-only entry: no port
     assert s.registry_allowed("127.0.0.1:5000")
     assert not s.registry_allowed("registry-1.docker.io")
     hub = Settings.from_env({"IMAGECOPY_ALLOWED_REGISTRIES": "docker.io"})
     assert hub.registry_allowed("registry-1.docker.io")  # how references normalise Docker Hub
-    assert s.insecure_registries == frozenset({"127.0.0.1", "registry.local:5000"})
+    assert s.plain_http_registries == frozenset({"127.0.0.1", "registry.local:5000"})
+    assert s.insecure_registries == frozenset({"tls.local:8443"})
     assert s.blocked_networks == ("10.0.0.0/8",)
     assert s.default_interval == 600
     assert s.stalled_retry == 3
     assert s.metrics_port == 0
-    assert Settings.from_env({"IMAGECOPY_BLOCKED_NETWORKS": ""}).blocked_networks == ()
+    assert Settings.from_env({"IMAGECOPY_BLOCKED_NETWORKS": "none"}).blocked_networks == ()
 
 
 @pytest.mark.parametrize(
@@ -148,6 +150,7 @@ def test_settings_from_env() -> None:
         {"IMAGECOPY_BLOB_CONCURRENCY": "0"},
         {"IMAGECOPY_STALLED_RETRY": "often"},
         {"IMAGECOPY_BLOCKED_NETWORKS": "not-a-cidr"},
+        {"IMAGECOPY_BLOCKED_NETWORKS": ""},
     ],
 )
 def test_bad_settings_are_refused(env: dict[str, str]) -> None:
@@ -159,7 +162,7 @@ def test_bad_settings_are_refused(env: dict[str, str]) -> None:
 def test_registry_allowed_matches_host_port_and_host_of_a_registry_value() -> None:
     s = Settings(allowed_registries=("*.example.com", "127.0.0.1:*"))
     assert s.registry_allowed(Registry.parse("registry.example.com"))
-    assert s.registry_allowed(Registry.parse("Registry.Example.com:5000"))  # by host
+    assert not s.registry_allowed(Registry.parse("Registry.Example.com:5000"))  # no port
     assert s.registry_allowed(Registry.parse("127.0.0.1:5000"))  # by host:port
     assert not s.registry_allowed(Registry.parse("127.0.0.1"))
     assert not s.registry_allowed(Reference.parse("web:1").registry)

@@ -113,11 +113,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
         settings=config,
     )
     logger.info(
-        "imagecopy operator started: allowedRegistries=%s insecureRegistries=%s "
-        "maxConcurrentCopies=%d maxCopiesPerNamespace=%d blobConcurrency=%d stalledRetry=%ss "
+        "imagecopy operator started: allowedRegistries=%s plainHttpRegistries=%s "
+        "insecureRegistries=%s blockedNetworks=%s maxConcurrentCopies=%d "
+        "maxCopiesPerNamespace=%d blobConcurrency=%d stalledRetry=%ss "
         "copyTimeout=%s stallTimeout=%s metricsPort=%d",
         ",".join(config.allowed_registries),
+        ",".join(sorted(config.plain_http_registries)) or "-",
         ",".join(sorted(config.insecure_registries)) or "-",
+        ",".join(config.blocked_networks) or "none",
         config.max_concurrent_copies,
         config.namespace_copy_slots,
         config.blob_concurrency,

@@ -100,7 +100,7 @@ class EventSink(Protocol):
 
 def transport_settings(settings: Settings) -> TransportSettings:
     return TransportSettings(
-        plain_http=settings.insecure_registries,
+        plain_http=settings.plain_http_registries,
         insecure=settings.insecure_registries,
         blocked_networks=settings.blocked_networks,
         # Every running copy may stream `blob_concurrency` blobs, each a GET and a PUT.

@@ -6,14 +6,15 @@ Helm value must not turn into a silently different policy.
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..oci.netguard import DEFAULT_BLOCKED_NETWORKS
+from ..oci.egress import HostList, canonical_host
+from ..oci.errors import InvalidReference
+from ..oci.netguard import DEFAULT_BLOCKED_NETWORKS, parse_blocked_networks
 from ..oci.reference import DOCKER_HUB, DOCKER_HUB_ALIASES, Registry
 
 __all__ = ["Settings", "SettingsError", "format_duration", "parse_duration"]
@@ -73,10 +74,79 @@ def format_duration(seconds: float) -> str:
     return "".join(parts)
 
 
-def _items(value: str | None) -> tuple[str, ...]:
-    if not value:
-        return ()
-    return tuple(item.strip() for item in value.split(",") if item.strip())
+def _items(name: str, value: str) -> tuple[str, ...]:
+    """The comma-separated entries of ``value``; an empty entry (``a,,b``) is an error."""
+    items = tuple(item.strip() for item in value.split(","))
+    if any(not item for item in items):
+        raise SettingsError(f"{name}={value!r} has an empty entry")
+    return items
+
+
+@dataclass(frozen=True)
+class RegistryPattern:
+    """One ``IMAGECOPY_ALLOWED_REGISTRIES`` entry: a host glob and a port, matched apart.
+
+    Host: ``*`` matches any run of characters (dots included); every other character is
+    itself (``?`` and ``[`` are not special, except that ``[…]`` is an IPv6 address).
+    Port: none written matches a registry written without a port (the scheme's default),
+    ``*`` any port written, a number that port only: ``host`` and ``host:*`` together allow
+    the host on every port.
+    """
+
+    host: re.Pattern[str]
+    #: ``None``: no port written; ``"*"``: any; else the port.
+    port: int | str | None
+
+    @classmethod
+    def parse(cls, text: str) -> RegistryPattern:
+        """Parse an entry; ``ValueError`` with the reason when it is not one."""
+        entry = text.strip().lower()
+        if entry.startswith("["):
+            end = entry.find("]")
+            host, rest = entry[: end + 1], entry[end + 1 :]
+            try:
+                if end < 0 or "*" in host:
+                    raise ValueError
+                host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+            except ValueError:
+                raise ValueError(f"{text!r} is not a valid IPv6 address in brackets") from None
+            if rest and not rest.startswith(":"):
+                raise ValueError(f"{text!r} has text after the IPv6 address")
+            port_text: str | None = rest[1:] if rest else None
+        else:
+            host, sep, after = entry.partition(":")
+            port_text = after if sep else None
+            try:
+                # With each ``*`` standing for one letter, what is left must be a host name.
+                Registry.parse(host.replace("*", "x"))
+            except InvalidReference:
+                raise ValueError(
+                    f"{text!r} is not a host glob: letters, digits, '.', '-' and '*' only "
+                    "(no character classes)"
+                ) from None
+        port: int | str | None = None
+        if port_text is not None:
+            if port_text == "*":
+                port = "*"
+            elif port_text.isdigit() and 0 < int(port_text) < 65536:
+                port = int(port_text)
+            else:
+                raise ValueError(f"{text!r} has an invalid port: a number or '*'")
+        glob = "".join(".*" if char == "*" else re.escape(char) for char in host)
+        return cls(re.compile(glob), port)
+
+    def matches(self, host: str, port: int | None) -> bool:
+        """Whether the registry ``host`` (lower-case, IPv6 in brackets) on ``port`` matches."""
+        if (self.port is None) != (port is None):
+            return False
+        if isinstance(self.port, int) and self.port != port:
+            return False
+        return self.host.fullmatch(host) is not None
+
+
+def _registry_host(registry: Registry) -> str:
+    host = canonical_host(registry.host)
+    return f"[{host}]" if ":" in host else host
 
 
 def _timeout(env: Mapping[str, str], name: str, default: float) -> float:
@@ -96,11 +166,14 @@ def _timeout(env: Mapping[str, str], name: str, default: float) -> float:
 
 @dataclass(frozen=True)
 class Settings:
-    #: Host globs (``fnmatch`` on ``host:port`` and on ``host``) a copy may touch.
+    #: Registries a spec may name: ``HOST[:PORT]`` globs (``RegistryPattern``).
     allowed_registries: tuple[str, ...] = ("*",)
-    #: Hosts (``host`` or ``host:port``) reached over plain HTTP or unverified TLS.
+    _patterns: tuple[RegistryPattern, ...] = field(init=False, repr=False, compare=False)
+    #: Exact ``host`` or ``host:port`` entries reached over plain HTTP.
+    plain_http_registries: frozenset[str] = frozenset()
+    #: Exact ``host`` or ``host:port`` entries reached over TLS without verification.
     insecure_registries: frozenset[str] = frozenset()
-    #: CIDRs never contacted (registry, token realm or redirect target).
+    #: CIDRs never connected to (registry, token realm, redirect target, upload location).
     blocked_networks: tuple[str, ...] = DEFAULT_BLOCKED_NETWORKS
     max_concurrent_copies: int = 4
     blob_concurrency: int = 8
@@ -127,6 +200,13 @@ class Settings:
         if self.max_copies_per_namespace is None:
             return max(1, self.max_concurrent_copies - 1)
         return min(self.max_copies_per_namespace, self.max_concurrent_copies)
+
+    def __post_init__(self) -> None:
+        try:
+            patterns = tuple(RegistryPattern.parse(p) for p in self.allowed_registries)
+        except ValueError as exc:
+            raise SettingsError(f"IMAGECOPY_ALLOWED_REGISTRIES: {exc}") from None
+        object.__setattr__(self, "_patterns", patterns)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -156,22 +236,44 @@ class Settings:
                 raise SettingsError(f"{name}={raw!r} must be at least 1s")
             return value
 
-        allowed = _items(env.get("IMAGECOPY_ALLOWED_REGISTRIES")) or ("*",)
-        insecure = frozenset(h.lower() for h in _items(env.get("IMAGECOPY_INSECURE_REGISTRIES")))
-        blocked_raw = env.get("IMAGECOPY_BLOCKED_NETWORKS")
-        blocked = DEFAULT_BLOCKED_NETWORKS if blocked_raw is None else _items(blocked_raw)
-        for cidr in blocked:
+        def hosts(name: str) -> frozenset[str]:
+            raw = env.get(name, "")
+            if not raw.strip():
+                return frozenset()  # nothing listed is the safe reading of an empty value
+            items = _items(name, raw)
             try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise SettingsError(
-                    f"IMAGECOPY_BLOCKED_NETWORKS: {cidr!r} is not a CIDR like 169.254.0.0/16"
-                ) from None
+                HostList.parse(items)
+            except ValueError as exc:
+                raise SettingsError(f"{name}: {exc}") from None
+            return frozenset(item.lower() for item in items)
+
+        allowed_raw = env.get("IMAGECOPY_ALLOWED_REGISTRIES")
+        if allowed_raw is None:
+            allowed: tuple[str, ...] = ("*",)
+        elif not allowed_raw.strip():
+            raise SettingsError(
+                "IMAGECOPY_ALLOWED_REGISTRIES is set but empty; set it to * to allow every "
+                "registry, or unset it"
+            )
+        else:
+            allowed = tuple(
+                item.lower() for item in _items("IMAGECOPY_ALLOWED_REGISTRIES", allowed_raw)
+            )
+        blocked_raw = env.get("IMAGECOPY_BLOCKED_NETWORKS")
+        try:
+            blocked = (
+                DEFAULT_BLOCKED_NETWORKS
+                if blocked_raw is None
+                else parse_blocked_networks(blocked_raw)
+            )
+        except ValueError as exc:
+            raise SettingsError(f"IMAGECOPY_BLOCKED_NETWORKS: {exc}") from None
         stalled = duration("IMAGECOPY_STALLED_RETRY", 300.0)
         return cls(
             allowed_registries=allowed,
-            insecure_registries=insecure,
-            blocked_networks=tuple(blocked),
+            plain_http_registries=hosts("IMAGECOPY_PLAIN_HTTP_REGISTRIES"),
+            insecure_registries=hosts("IMAGECOPY_INSECURE_REGISTRIES"),
+            blocked_networks=blocked,
             max_concurrent_copies=integer("IMAGECOPY_MAX_CONCURRENT_COPIES", 4, 1),
             blob_concurrency=integer("IMAGECOPY_BLOB_CONCURRENCY", 8, 1),
             default_interval=duration("IMAGECOPY_DEFAULT_INTERVAL", None),
@@ -187,18 +289,17 @@ class Settings:
         )
 
     def registry_allowed(self, registry: Registry | str) -> bool:
-        """Whether ``registry`` matches an allowed glob, by ``host:port`` or by ``host``.
+        """Whether ``registry`` matches an allowed entry, host and port apart
+        (``RegistryPattern``).
 
         Any Docker Hub alias in the list allows Docker Hub. A string is parsed first
         (``InvalidReference`` when it is not ``host[:port]``).
         """
         if isinstance(registry, str):
             registry = Registry.parse(registry)
-        names = {str(registry), registry.host}
+        names = {_registry_host(registry)}
         if registry.port is None and registry.host == DOCKER_HUB:
             names |= DOCKER_HUB_ALIASES
         return any(
-            fnmatch.fnmatchcase(name, pattern.lower())
-            for pattern in self.allowed_registries
-            for name in names
+            pattern.matches(name, registry.port) for pattern in self._patterns for name in names
         )

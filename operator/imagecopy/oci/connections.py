@@ -8,19 +8,32 @@ streams paying one event-loop round and one h11 event per 64 KiB read. This modu
 httpcore (pooling, HTTP/1.1 and HTTP/2, TLS) and only changes the network backend: the
 liveness check uses the socket cached at connect time, and reads ask for up to 1 MiB. The
 verified TLS context is built on first use, so plain-HTTP runs never load a CA bundle.
+
+The backend is also where the network guard (``oci.netguard``) sits: ``connect_tcp`` resolves
+the host once, has every address vetted, and connects to a vetted address. httpcore still
+sends the original name in the Host header and uses it for TLS SNI and certificate checks,
+because only the socket's address changes. A name that does not resolve fails the connection
+(``httpx.ConnectError``) without a connection attempt. TLS verification is chosen per
+``(host, port)``: a separate httpcore pool serves the hosts whose certificates are not
+verified, so no glob or mount pattern can widen that set.
 """
 
 from __future__ import annotations
 
+import enum
 import select
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import contextmanager
 from typing import Any
 
+import anyio
 import httpcore
 import httpx
+
+from .netguard import NetworkGuard, ResolutionFailed
 
 __all__ = ["READ_BYTES", "PoolTransport"]
 
@@ -69,8 +82,17 @@ class _Stream(httpcore.AsyncNetworkStream):
 
 
 class _Backend(httpcore.AsyncNetworkBackend):
-    def __init__(self) -> None:
-        self._inner = httpcore.AnyIOBackend()
+    """anyio's backend behind the network guard: connects only to vetted addresses.
+
+    ``inner`` is replaced by tests that must see which addresses would be connected to
+    without any packet leaving the host.
+    """
+
+    def __init__(
+        self, guard: NetworkGuard, inner: httpcore.AsyncNetworkBackend | None = None
+    ) -> None:
+        self._guard = guard
+        self._inner = inner or httpcore.AnyIOBackend()
 
     async def connect_tcp(
         self,
@@ -80,8 +102,29 @@ class _Backend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _Stream(stream)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            with anyio.fail_after(timeout):
+                addresses = await self._guard.resolve(host, port)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
+        except ResolutionFailed as exc:
+            raise httpcore.ConnectError(str(exc)) from None
+        failure: Exception | None = None
+        # In the resolver's order (RFC 6724 for getaddrinfo), one at a time, within the
+        # connect timeout as a whole.
+        for address in addresses:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                stream = await self._inner.connect_tcp(
+                    address, port, left, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+                continue
+            return _Stream(stream)
+        assert failure is not None  # resolve() never returns an empty list
+        raise failure
 
     async def connect_unix_socket(
         self,
@@ -120,8 +163,28 @@ class _ResponseStream(httpx.AsyncByteStream):
             await self._inner.aclose()
 
 
+def _unverified_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class _Mode(enum.Enum):
+    """How a connection speaks: one httpcore pool per mode."""
+
+    PLAIN = "plain"
+    VERIFIED = "verified TLS"
+    UNVERIFIED = "unverified TLS"
+
+
 class PoolTransport(httpx.AsyncBaseTransport):
-    """An httpcore pool behind the httpx transport interface; TLS context made on first use."""
+    """An httpcore pool behind the httpx transport interface; TLS contexts made on first use.
+
+    ``guard`` vets every address connected to (default: ``NetworkGuard()`` with the default
+    blocked networks). ``skip_verify(host, port)`` names the hosts whose certificates are not
+    verified; every other TLS connection uses ``ssl_context()``.
+    """
 
     def __init__(
         self,
@@ -130,18 +193,36 @@ class PoolTransport(httpx.AsyncBaseTransport):
         max_connections: int,
         keepalive_expiry: float = 60.0,
         http2: bool = False,
+        guard: NetworkGuard | None = None,
+        skip_verify: Callable[[str, int], bool] | None = None,
+        network: httpcore.AsyncNetworkBackend | None = None,
     ) -> None:
         self._make_ssl_context = ssl_context
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
         self._http2 = http2
-        self._pools: dict[bool, httpcore.AsyncConnectionPool] = {}
+        self._backend = _Backend(guard or NetworkGuard(), network)
+        self._skip_verify = skip_verify
+        self._pools: dict[_Mode, httpcore.AsyncConnectionPool] = {}
 
-    def _pool(self, tls: bool) -> httpcore.AsyncConnectionPool:
-        pool = self._pools.get(tls)
+    def _mode(self, url: httpx.URL) -> _Mode:
+        if url.scheme != "https":
+            return _Mode.PLAIN
+        port = url.port or 443
+        if self._skip_verify is not None and self._skip_verify(url.host, port):
+            return _Mode.UNVERIFIED
+        return _Mode.VERIFIED
+
+    def _pool(self, mode: _Mode) -> httpcore.AsyncConnectionPool:
+        pool = self._pools.get(mode)
         if pool is None:
-            # Plain-HTTP connections never use the context: skip loading CA certificates.
-            context = self._make_ssl_context() if tls else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            if mode == _Mode.VERIFIED:
+                context = self._make_ssl_context()
+            elif mode == _Mode.UNVERIFIED:
+                context = _unverified_context()
+            else:
+                # Plain-HTTP connections never use the context: skip loading CA certificates.
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             pool = httpcore.AsyncConnectionPool(
                 ssl_context=context,
                 max_connections=self._max_connections,
@@ -149,9 +230,9 @@ class PoolTransport(httpx.AsyncBaseTransport):
                 keepalive_expiry=self._keepalive_expiry,
                 http1=True,
                 http2=self._http2,
-                network_backend=_Backend(),
+                network_backend=self._backend,
             )
-            self._pools[tls] = pool
+            self._pools[mode] = pool
         return pool
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -168,7 +249,7 @@ class PoolTransport(httpx.AsyncBaseTransport):
             content=request.stream,
             extensions=request.extensions,
         )
-        pool = self._pool(request.url.scheme == "https")
+        pool = self._pool(self._mode(request.url))
         with _mapped_errors():
             response = await pool.handle_async_request(core_request)
         return httpx.Response(

@@ -1,7 +1,8 @@
 """The process-wide registry pool and the per-copy session.
 
 `RegistryPool` owns what outlives one copy: the HTTP connection pool, the transport stack
-(retries, request counting, network guard, TLS per host), and the auth caches (challenges
+(retries, request counting, the egress rule, TLS per host, the network guard in the
+connection layer), and the auth caches (challenges
 per registry, bearer tokens per registry *and credential*). A `Session` binds one copy's
 credentials, request counter and retry budget to the pool and hands out
 `RepositoryClient`s (``oci.repository``).
@@ -18,8 +19,9 @@ import httpx
 from .auth import SCOPES, ChallengeCache, RegistryAuth, TokenCache
 from .connections import PoolTransport
 from .credentials import CredentialStore
+from .egress import EgressTransport
 from .errors import Side
-from .netguard import NetworkGuardTransport, parse_networks
+from .netguard import NetworkGuard, Resolver, system_resolver
 from .reference import Reference, Registry
 from .repository import RepositoryClient
 from .retry import RetryBudget
@@ -40,13 +42,6 @@ USER_AGENT = "imagecopy/0.1"
 
 #: Called with ``(registry, method, code)`` for every request, e.g. a Prometheus counter.
 RequestListener = Callable[[str, str, str], None]
-
-
-def _unverified_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 # The copy whose request is being sent. Token requests made by the auth flow on its behalf
@@ -72,8 +67,10 @@ class RegistryPool:
     """One HTTP connection pool for every registry; shared by all copies of a process.
 
     ``transport`` replaces the network at the bottom of the stack (tests inject
-    ``httpx.MockTransport`` or a recording transport); retries, counting and the network
-    guard still wrap it. ``on_request`` hears of every request of every session.
+    ``httpx.MockTransport`` or a recording transport); retries, counting and the egress rule
+    still wrap it, but the network guard lives in the connection layer it replaces.
+    ``resolver`` replaces the system resolver the guard asks (tests map names to loopback).
+    ``on_request`` hears of every request of every session.
     """
 
     def __init__(
@@ -81,6 +78,7 @@ class RegistryPool:
         settings: TransportSettings | None = None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        resolver: Resolver = system_resolver,
         on_request: RequestListener | None = None,
     ) -> None:
         self.settings = settings or TransportSettings()
@@ -93,15 +91,17 @@ class RegistryPool:
                 context.load_verify_locations(cafile=ca_file)
             return context
 
-        mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
-        if self.settings.insecure and transport is None:
-            insecure = self._stack(self._connections(_unverified_context))
-            for host in sorted(self.settings.insecure):
-                mounts[f"all://{host}"] = insecure
-        network = transport or self._connections(verified_context)
+        #: Vets every address a connection is opened to (registry, realm, redirect, upload).
+        self.guard = NetworkGuard(self.settings.blocked_networks, resolver=resolver)
+        network = transport or PoolTransport(
+            verified_context,
+            max_connections=self.settings.max_connections,
+            http2=self.settings.http2,
+            guard=self.guard,
+            skip_verify=self.settings.egress.skips_verification,
+        )
         self.http = httpx.AsyncClient(
             transport=self._stack(network),
-            mounts=mounts,
             timeout=httpx.Timeout(self.settings.timeout, connect=min(10.0, self.settings.timeout)),
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,
@@ -111,18 +111,9 @@ class RegistryPool:
         #: Bearer tokens per registry and credential, shared by sessions of one credential.
         self.tokens = TokenCache()
 
-    def _connections(self, context: Callable[[], ssl.SSLContext]) -> PoolTransport:
-        return PoolTransport(
-            context, max_connections=self.settings.max_connections, http2=self.settings.http2
-        )
-
     def _stack(self, network: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
-        transport = network
-        blocked = parse_networks(self.settings.blocked_networks)
-        if blocked:
-            transport = NetworkGuardTransport(transport, blocked)
         return RetryTransport(
-            CountingTransport(transport, _stats_for),
+            CountingTransport(EgressTransport(network, self.settings.egress), _stats_for),
             self.settings.retry,
             find_budget=_budget_for,
         )
@@ -168,7 +159,7 @@ class Session:
                 tokens=self.pool.tokens,
                 challenges=self.pool.challenges,
                 scheme=settings.scheme(registry),
-                allow_insecure_realm=settings.is_insecure(registry),
+                plain_http=settings.egress.plain_http,
             )
             self._auth[registry] = auth
         return auth

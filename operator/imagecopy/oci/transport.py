@@ -15,6 +15,7 @@ blob layer (``oci.blobs``) starts such an upload over from a fresh session inste
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import time
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from .egress import EgressRule
+from .netguard import DEFAULT_BLOCKED_NETWORKS
 from .reference import Registry
 from .retry import RetryBudget, RetryPolicy, parse_retry_after
 
@@ -220,25 +223,34 @@ class CountingTransport(httpx.AsyncBaseTransport):
 
 @dataclass(frozen=True)
 class TransportSettings:
-    """How to reach registries: schemes, TLS trust, retries, limits. Read once at start.
+    """How to reach registries: schemes, TLS trust, the network guard, retries, limits.
+    Read once at start.
 
-    ``plain_http`` and ``insecure`` list ``host`` or ``host:port`` entries; an entry without
-    a port covers every port of the host.
+    ``plain_http`` and ``insecure`` list exact ``host`` or ``host:port`` entries (no
+    wildcards; ``oci.egress.HostList``): ``plain_http`` hosts are spoken to over plain HTTP,
+    ``insecure`` hosts over TLS without certificate verification — never plain HTTP. An
+    entry without a port covers every port of the host. ``blocked_networks`` are CIDRs never
+    connected to (``oci.netguard``); the default is ``DEFAULT_BLOCKED_NETWORKS``. Invalid
+    entries raise ``ValueError``.
     """
 
     plain_http: frozenset[str] = frozenset()
     insecure: frozenset[str] = frozenset()
     ca_file: str | None = None
-    blocked_networks: tuple[str, ...] = ()
+    blocked_networks: tuple[str, ...] = DEFAULT_BLOCKED_NETWORKS
     timeout: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     #: Small on purpose: httpcore scans every pooled connection on each request, so a big
     #: pool costs CPU per request; 16 covers 8 parallel GET→PUT streams.
     max_connections: int = 16
     http2: bool = False
+    #: The egress rule the two host lists make (derived, validated at construction).
+    egress: EgressRule = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "egress", EgressRule.from_entries(self.plain_http, self.insecure))
+        for cidr in self.blocked_networks:
+            ipaddress.ip_network(cidr, strict=False)  # ValueError for a non-network
 
     def scheme(self, registry: Registry) -> str:
-        return "http" if registry.listed_in(self.plain_http) else "https"
-
-    def is_insecure(self, registry: Registry) -> bool:
-        return registry.listed_in(self.insecure) or registry.listed_in(self.plain_http)
+        return self.egress.scheme(registry)

@@ -12,10 +12,11 @@ from imagecopy.oci.auth.challenge import (
     parse_www_authenticate,
     usable_challenge,
 )
-from imagecopy.oci.auth.flow import CLIENT_ID, RegistryAuth
+from imagecopy.oci.auth.flow import CLIENT_ID, MAX_TOKEN_RESPONSE_BYTES, RegistryAuth
 from imagecopy.oci.auth.scopes import SCOPES, Grant, grants, merge_scopes, scopes_for_request
 from imagecopy.oci.auth.tokens import (
     MAX_CHALLENGES,
+    MAX_EXPIRES_IN,
     MAX_TOKENS,
     ChallengeCache,
     Token,
@@ -27,7 +28,9 @@ from imagecopy.oci.auth.tokens import (
 __all__ = [
     "CLIENT_ID",
     "MAX_CHALLENGES",
+    "MAX_EXPIRES_IN",
     "MAX_TOKENS",
+    "MAX_TOKEN_RESPONSE_BYTES",
     "SCOPES",
     "Challenge",
     "ChallengeCache",

@@ -1,17 +1,17 @@
 """``WWW-Authenticate`` challenges: parsing, choosing the one to answer, checking its realm.
 
 Pure functions over header text and a ``Registry``: no I/O. ``checked_realm`` is where a
-token realm that would carry credentials over plain HTTP to another host is refused.
+token realm the egress rule (``oci.egress``) does not allow credentials to go to is refused.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import httpx
 
+from imagecopy.oci.egress import EgressRule, HostList
 from imagecopy.oci.errors import Unauthorized
 from imagecopy.oci.reference import Registry
 
@@ -132,18 +132,19 @@ def usable_challenge(challenges: Iterable[Challenge]) -> Challenge | None:
 
 
 def checked_realm(
-    challenge: Challenge, registry: Registry, *, scheme: str, allow_insecure: bool = False
+    challenge: Challenge, registry: Registry, *, scheme: str, plain_http: HostList | None = None
 ) -> Challenge:
     """The Bearer ``challenge`` with its realm resolved against ``registry`` (reached under
-    ``scheme``); raises ``Unauthorized`` for a realm that could leak credentials.
+    ``scheme``); raises ``Unauthorized`` for a realm credentials may not be sent to.
 
-    HTTPS realms are accepted anywhere. A plain-HTTP realm is accepted on the registry's own
-    host, between loopback addresses, or when ``allow_insecure`` says the registry is trusted
-    that way; any other scheme is refused.
+    The egress rule decides (``EgressRule.realm_refusal``): an HTTPS realm on any host; a
+    plain-HTTP realm only on a host ``plain_http`` names — not because the registry is plain
+    HTTP or insecure, nor because the realm is on the registry's host under another port.
     """
     realm_text = challenge.realm or ""
     try:
         realm = httpx.URL(registry.origin(scheme) + "/").join(realm_text)
+        refusal = EgressRule(plain_http=plain_http or HostList()).realm_refusal(realm)
     except httpx.InvalidURL:
         raise Unauthorized(
             f"registry {registry} sent a token realm that is not a valid URL",
@@ -151,18 +152,11 @@ def checked_realm(
             operation="token request",
             registry=str(registry),
         ) from None
-    realm_host = realm.host.lower()
-    plain_http_allowed = realm.scheme == "http" and (
-        allow_insecure
-        or realm_host == registry.hostname
-        # Loopback to loopback never crosses a network (localhost vs 127.0.0.1).
-        or (_is_loopback(realm_host) and _is_loopback(registry.hostname))
-    )
-    if realm.scheme != "https" and not plain_http_allowed:
+    if refusal is not None:
         raise Unauthorized(
             f"registry {registry} asked for credentials to be sent to the token "
-            f"realm {realm.scheme}://{realm.netloc.decode('ascii', 'replace')}, which is "
-            "neither HTTPS nor on the registry's own host; refusing to send them",
+            f"realm {realm.scheme}://{realm.netloc.decode('ascii', 'replace')}, {refusal}; "
+            "refusing to send them",
             status=401,
             operation="token request",
             registry=str(registry),
@@ -170,12 +164,3 @@ def checked_realm(
     params = dict(challenge.params)
     params["realm"] = str(realm)
     return Challenge(challenge.scheme, params)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -5,6 +5,10 @@ tokens from the realm (GET with Basic credentials, or the OAuth2 refresh-token P
 identity tokens) and maps token-service failures to errors. It never opens sockets itself:
 registry requests go through the flow, token requests through the caller's ``token_client``.
 Tokens and challenges live in the caches the caller owns (``tokens.py``).
+
+Where credentials go is the egress rule's (``oci.egress``): only to requests on the
+registry's own origin (scheme, host and port) and to a token realm ``checked_realm``
+accepts. A token answer is read up to ``MAX_TOKEN_RESPONSE_BYTES`` and no further.
 """
 
 from __future__ import annotations
@@ -28,16 +32,24 @@ from imagecopy.oci.auth.challenge import (
 from imagecopy.oci.auth.scopes import Grant, grants, merge_scopes, scopes_for_request
 from imagecopy.oci.auth.tokens import ChallengeCache, Token, TokenCache, TokenKey
 from imagecopy.oci.credentials import Credential
+from imagecopy.oci.egress import HostList, Origin
 from imagecopy.oci.errors import RateLimited, RegistryError, RegistryUnreachable, Unauthorized
 from imagecopy.oci.reference import Registry
 from imagecopy.oci.transport import request_is_replayable
 
-__all__ = ["CLIENT_ID", "RegistryAuth"]
+__all__ = ["CLIENT_ID", "MAX_TOKEN_RESPONSE_BYTES", "RegistryAuth"]
 
 log = logging.getLogger(__name__)
 
+# Token answers are read raw and bounded: a compressed body could inflate past the bound.
+_TOKEN_HEADERS = {"Accept-Encoding": "identity"}
+
 #: ``client_id`` sent with OAuth2 token requests.
 CLIENT_ID = "imagecopy"
+
+#: Bytes of a token-service answer read at most; a longer answer is an error. Real answers
+#: (a JWT, an expiry, maybe a refresh token) are a few KiB.
+MAX_TOKEN_RESPONSE_BYTES = 64 * 1024
 
 _OPERATION = "token request"
 
@@ -55,8 +67,10 @@ class RegistryAuth(httpx.Auth):
     Once a challenge is known, every request to the registry carries authorization before it
     is sent (a cached token, or one fetched once per key by ``tokens``), so steady-state
     requests cost no 401 round trip. A 401 is answered once with a fresh token; a second 401
-    is returned. Requests to other hosts (redirects, foreign upload locations) pass through
-    untouched.
+    is returned. Requests to any other origin — another host or port, or the registry's own
+    host under another scheme (an upload ``Location: http://reg:443/…`` of an HTTPS
+    registry) — pass through untouched. ``plain_http`` names the hosts configured for plain
+    HTTP: the only ones a plain-HTTP token realm may be on.
     """
 
     def __init__(
@@ -68,7 +82,7 @@ class RegistryAuth(httpx.Auth):
         tokens: TokenCache,
         challenges: ChallengeCache,
         scheme: str = "https",
-        allow_insecure_realm: bool = False,
+        plain_http: HostList | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         scheme = scheme.lower()
@@ -81,8 +95,8 @@ class RegistryAuth(httpx.Auth):
         self._tokens = tokens
         self._challenges = challenges
         self._scheme = scheme
-        self._address = registry.address(scheme)
-        self._allow_insecure_realm = allow_insecure_realm
+        self._origin = Origin.of_registry(registry, scheme)
+        self._plain_http = plain_http or HostList()
         self._clock = clock
         self._challenge: Challenge | None = challenges.get(registry)
         # Scopes a registry's challenge added to a request's own, remembered so the next
@@ -150,8 +164,8 @@ class RegistryAuth(httpx.Auth):
     # -- helpers -----------------------------------------------------------------------------
 
     def _targets_registry(self, url: httpx.URL) -> bool:
-        port = url.port or (443 if url.scheme == "https" else 80)
-        return (url.host.lower(), port) == self._address
+        """Whether ``url`` is on the registry's origin: the only requests given credentials."""
+        return Origin.of(url) == self._origin
 
     def _key(self, scopes: tuple[str, ...]) -> TokenKey:
         return TokenKey(self.registry, self._credential_key, grants(scopes))
@@ -195,7 +209,7 @@ class RegistryAuth(httpx.Auth):
                 challenge,
                 self.registry,
                 scheme=self._scheme,
-                allow_insecure=self._allow_insecure_realm,
+                plain_http=self._plain_http,
             )
         self._challenge = challenge
         self._challenges.remember(self.registry, challenge)
@@ -226,19 +240,22 @@ class RegistryAuth(httpx.Auth):
                 form["service"] = challenge.service
             if scopes:
                 form["scope"] = " ".join(scopes)
-            response = await self._token_client.post(realm, data=form)
-            if response.status_code in (404, 405):
+            request = self._token_client.build_request(
+                "POST", realm, data=form, headers=_TOKEN_HEADERS
+            )
+            status, body = await self._send_token_request(request, None)
+            if status in (404, 405):
                 # Token services without OAuth2 support: fall back to the Docker GET form.
-                response = await self._get_token(realm, challenge, scopes, basic)
+                status, body = await self._get_token(realm, challenge, scopes, basic)
         else:
-            response = await self._get_token(realm, challenge, scopes, basic)
-        data = self._token_answer(response, scopes)
+            status, body = await self._get_token(realm, challenge, scopes, basic)
+        data = self._token_answer(status, body, scopes)
         value = data.get("token") or data.get("access_token")
         if not isinstance(value, str) or not value:
             raise self._error(
                 RegistryError,
                 f"the token service of registry {self.registry} answered without a token",
-                response.status_code,
+                status,
             )
         refresh = data.get("refresh_token")
         if isinstance(refresh, str) and refresh and self._refresh_token:
@@ -251,21 +268,68 @@ class RegistryAuth(httpx.Auth):
         challenge: Challenge,
         scopes: tuple[str, ...],
         basic: httpx.BasicAuth | None,
-    ) -> httpx.Response:
+    ) -> tuple[int, bytes]:
         params: list[tuple[str, str | int | float | bool | None]] = []
         if challenge.service:
             params.append(("service", challenge.service))
         params.extend(("scope", scope) for scope in scopes)
         if basic is not None and self._credential.username:
             params.append(("account", self._credential.username))
-        return await self._token_client.get(realm, params=params, auth=basic)
+        request = self._token_client.build_request(
+            "GET", realm, params=params, headers=_TOKEN_HEADERS
+        )
+        return await self._send_token_request(request, basic)
+
+    async def _send_token_request(
+        self, request: httpx.Request, basic: httpx.BasicAuth | None
+    ) -> tuple[int, bytes]:
+        """Send a token request; its status and body, read up to the bound and no further.
+
+        Only a 200's body is used: another answer's is read (so the connection can be reused)
+        while it stays within the bound, and dropped.
+        """
+        limit = MAX_TOKEN_RESPONSE_BYTES
+        response = await self._token_client.send(request, auth=basic, stream=True)
+        try:
+            status = response.status_code
+            too_big = self._error(
+                RegistryError,
+                f"the token service of registry {self.registry} answered with more than "
+                f"{limit // 1024} KiB",
+                status,
+            )
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > limit:
+                if status != 200:
+                    return status, b""
+                raise too_big
+            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                if status != 200:
+                    return status, b""
+                # Asked for identity: a compressed answer could inflate past any bound.
+                raise self._error(
+                    RegistryError,
+                    f"the token service of registry {self.registry} answered with a "
+                    f"{encoding}-encoded body it was not asked for",
+                    status,
+                )
+            body = bytearray()
+            async for chunk in response.aiter_bytes():  # identity: the bytes as sent
+                body += chunk
+                if len(body) > limit:
+                    if status != 200:
+                        return status, b""
+                    raise too_big
+            return status, bytes(body) if status == 200 else b""
+        finally:
+            await response.aclose()
 
     def _error(self, kind: type[RegistryError], message: str, status: int) -> RegistryError:
         """A token-service failure with its protocol facts."""
         return kind(message, status=status, operation=_OPERATION, registry=str(self.registry))
 
-    def _token_answer(self, response: httpx.Response, scopes: tuple[str, ...]) -> dict[str, Any]:
-        status = response.status_code
+    def _token_answer(self, status: int, body: bytes, scopes: tuple[str, ...]) -> dict[str, Any]:
         what = " ".join(scopes) if scopes else "registry access"
         if status in (401, 403):
             if self._credential.anonymous:
@@ -292,8 +356,9 @@ class RegistryAuth(httpx.Auth):
                 status,
             )
         try:
-            data = json.loads(response.content)
-        except ValueError:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            # RecursionError: JSON nested deeper than the interpreter's recursion limit.
             data = None
         if not isinstance(data, dict):
             raise self._error(

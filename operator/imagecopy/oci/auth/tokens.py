@@ -12,6 +12,7 @@ caller's.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,6 +28,7 @@ from imagecopy.oci.reference import Registry
 __all__ = [
     "DEFAULT_EXPIRES_IN",
     "MAX_CHALLENGES",
+    "MAX_EXPIRES_IN",
     "MAX_TOKENS",
     "ChallengeCache",
     "Token",
@@ -37,6 +39,8 @@ __all__ = [
 
 #: Seconds a token lives when its answer names no ``expires_in`` (the distribution spec's 60).
 DEFAULT_EXPIRES_IN = 60.0
+#: The longest a token is kept, whatever its answer says: a day.
+MAX_EXPIRES_IN = 86400.0
 #: Default bound of a ``TokenCache``: beyond it the oldest tokens are dropped.
 MAX_TOKENS = 4096
 #: Default bound of a ``ChallengeCache``.
@@ -47,18 +51,24 @@ def token_lifetime(
     answer: Mapping[str, Any], *, wall_clock: Callable[[], float] = time.time
 ) -> float:
     """Seconds a token stays valid from now, per the answer's ``expires_in`` and
-    ``issued_at``."""
+    ``issued_at``: at most ``MAX_EXPIRES_IN`` (a huge integer or ``1e400`` included), and
+    ``DEFAULT_EXPIRES_IN`` when ``expires_in`` is not a positive number (NaN, ``true``, text).
+    """
     raw = answer.get("expires_in")
-    lifetime = (
-        float(raw)
-        if isinstance(raw, int | float) and not isinstance(raw, bool) and raw > 0
-        else DEFAULT_EXPIRES_IN
-    )
+    lifetime = DEFAULT_EXPIRES_IN
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        # ``float(10**400)`` raises OverflowError; ``1e400`` parses as infinity.
+        if isinstance(raw, int) or math.isfinite(raw):
+            if raw > 0:
+                lifetime = float(min(raw, MAX_EXPIRES_IN))
+        elif raw > 0:  # +infinity
+            lifetime = MAX_EXPIRES_IN
     issued = answer.get("issued_at")
     if isinstance(issued, str) and issued:
         try:
             issued_at = datetime.fromisoformat(issued).timestamp()
-        except ValueError:
+        except (ValueError, OverflowError, OSError):
+            # OverflowError/OSError: a date the platform's clock cannot represent.
             return lifetime
         age = wall_clock() - issued_at
         # A negative or huge age means clock skew between us and the token service.
