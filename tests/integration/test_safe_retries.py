@@ -114,7 +114,10 @@ async def test_an_upload_start_answered_503_is_started_again_by_the_blob_layer(
     assert report.blobs_uploaded == 2
     log = proxy.stats.log
     failed = next(i for i, r in enumerate(log) if r.method == "POST" and r.status == 503)
-    assert [r.method for r in log[failed + 1 : failed + 3]] == ["HEAD", "POST"]
+    # The other blob's requests may interleave; this blob's restart is a HEAD, then a POST.
+    after = [r.method for r in log[failed + 1 :]]
+    assert "HEAD" in after and "POST" in after[after.index("HEAD") :]
+    assert sum(1 for r in log if r.method == "POST" and r.status == 503) == 1
     assert crane_digest(registry_v3, dst.replace(proxy.address, registry_v3.host)) == image.digest
 
 
