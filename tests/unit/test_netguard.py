@@ -406,3 +406,37 @@ def test_insecure_and_plain_http_entries_are_exact() -> None:
 async def test_the_default_transport_settings_block_the_default_networks() -> None:
     async with RegistryPool(TransportSettings()) as pool:
         assert [str(n) for n in pool.guard.blocked] == list(DEFAULT_BLOCKED_NETWORKS)
+
+
+def test_every_ipv6_spelling_of_a_link_local_ipv4_address_is_blocked() -> None:
+    guard = NetworkGuard(DEFAULT_BLOCKED_NETWORKS)
+    for ipv4 in list(ipaddress.IPv4Network("169.254.0.0/16"))[::97]:
+        high, low = int(ipv4) >> 16, int(ipv4) & 0xFFFF
+        for spelling in (
+            f"::ffff:{ipv4}",
+            f"::ffff:{high:x}:{low:x}",
+            f"::{ipv4}",
+            f"64:ff9b::{ipv4}",
+            f"64:ff9b::{high:x}:{low:x}",
+            f"2002:{high:x}:{low:x}::1",
+        ):
+            with pytest.raises(RegistryNotAllowed):
+                guard.check(f"[{spelling}]", spelling)
+
+
+async def test_resolution_counts_against_the_connect_timeout() -> None:
+    async def slow(host: str, port: int) -> Sequence[str]:
+        await asyncio.sleep(5)
+        return ["127.0.0.1"]
+
+    network = NoNetwork()
+    transport = PoolTransport(
+        ssl.create_default_context,
+        max_connections=1,
+        guard=NetworkGuard(resolver=slow),
+        network=network,
+    )
+    async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(5, connect=0.2)) as c:
+        with pytest.raises(httpx.ConnectTimeout, match=r"resolving slow\.test timed out"):
+            await c.get("http://slow.test/v2/")
+    assert network.attempts == []
