@@ -1,7 +1,8 @@
 """HTTP transport wrappers: retries with backoff, and per-copy request accounting.
 
 This module owns the ``httpx.AsyncBaseTransport`` layers under the registry client, composed
-in ``oci.pool`` as ``RetryTransport(CountingTransport(guard(connections)))`` so every attempt
+in ``oci.pool`` as ``RetryTransport(CountingTransport(EgressTransport(connections)))`` (the network
+guard runs inside the connection layer, on the address actually connected to) so every attempt
 that reaches the network is counted once. Neither layer knows about registries beyond the
 URL. Retries follow ``oci.retry``: at most ``RetryPolicy.attempts`` tries of one request,
 each retry paid from the copy's ``RetryBudget`` (``request.extensions[BUDGET]``).
