@@ -5,9 +5,10 @@
 source "$(dirname "$0")/lib.sh"
 name="$1"; pkg="$2"; version="$3"
 dest="$TOOL_CACHE/$name-$version"
+[ -x "$dest/$name" ] || tool_lock "$name-$version"
 if [ ! -x "$dest/$name" ]; then
   log "building $name $version (go install $pkg@$version)"
-  mkdir -p "$dest.tmp"
+  rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
   GOBIN="$dest.tmp" CGO_ENABLED=0 retry go install "$pkg@$version"
   built="$(ls "$dest.tmp" | head -n1)"
   mv "$dest.tmp/$built" "$dest.tmp/$name" 2>/dev/null || true

@@ -10,6 +10,7 @@ source "$(dirname "$0")/lib.sh"
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"
 K8S_MINOR="${HELM_K8S_MINOR:-34}"   # helm v3.19's client-go is v0.34
 dest="$TOOL_CACHE/helm-$HELM_VERSION"
+tool_lock "helm-$HELM_VERSION"
 if [ ! -x "$dest/helm" ] \
   || [ "$("$dest/helm" version --template '{{.Version}}' 2>/dev/null)" != "$HELM_VERSION" ]; then
   log "building helm $HELM_VERSION (go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION)"

@@ -17,6 +17,13 @@ retry() {
   "$@"
 }
 
+# tool_lock NAME: hold an exclusive lock on the cache entry NAME until this script exits, so two
+# checkouts building the same tool at once wait for each other instead of racing on NAME.tmp.
+tool_lock() {
+  exec 8>"$TOOL_CACHE/$1.lock"
+  flock 8
+}
+
 # apt_install PKG...: install Debian packages when a binary is missing (needs root).
 apt_install() {
   local missing=()
