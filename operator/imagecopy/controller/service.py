@@ -33,13 +33,14 @@ from ..oci.reference import Reference, Registry
 from ..oci.transport import TransportSettings
 from .credentials import SecretReader, resolve_credentials
 from .deadline import CopyWatchdog, note_request
-from .failures import Failure, failure_for
+from .failures import CAPPED_AT_STALLED_RETRY, Failure, failure_for
 from .kube import KubernetesUnavailable
 from .metrics import Metrics
 from .schedule import Schedule
 from .settings import Settings, format_duration
 from .slots import FairSlots
 from .spec import ImageCopySpec, parse_spec
+from .trust import verify_policy
 from .status import (
     READY,
     apply_merge_patch,
@@ -245,7 +246,7 @@ class ImageCopyService:
             self._check_allowed(spec)
             self._name_registries(attempt.state, spec)
             await attempt.started(spec)
-            report = await self._copy(ref, spec)
+            report = await self._copy(ref, spec, attempt.status)
         except Exception as exc:
             if not isinstance(exc, ImageCopyError):
                 logger.error("reconcile failed with an internal error", exc_info=exc)
@@ -270,12 +271,21 @@ class ImageCopyService:
             was_ready=is_ready_for(status, generation),
         )
 
-    async def _copy(self, ref: ObjectRef, spec: ImageCopySpec) -> CopyReport:
+    async def _copy(
+        self, ref: ObjectRef, spec: ImageCopySpec, status: Mapping[str, Any]
+    ) -> CopyReport:
         credentials = await resolve_credentials(self.secrets, ref.namespace, spec)
+        policy = None
+        if spec.verify is not None:
+            policy = await verify_policy(self.secrets, ref.namespace, spec.verify, status)
         async with self._copy_slots.slot(ref.namespace):
             # The clocks start with the slot: waiting for one is not the copy's fault.
             watchdog = CopyWatchdog(self.settings.copy_timeout, self.settings.stall_timeout)
-            options = replace(spec.copy_options(self.settings.blob_concurrency), progress=watchdog)
+            options = replace(
+                spec.copy_options(self.settings.blob_concurrency),
+                progress=watchdog,
+                verify=policy,
+            )
             return await watchdog.run(
                 self.copier.copy(spec.source, spec.destination, options, credentials)
             )
@@ -377,6 +387,8 @@ class _Attempt:
         else:
             state.transient_failures += 1
             delay = service.schedule.after_transient_failure(state.transient_failures)
+            if failure.reason in CAPPED_AT_STALLED_RETRY:
+                delay = min(delay, service.schedule.after_stalled_failure())
         self.logger.warning(
             "copy failed: reason=%s stalled=%s retryIn=%s message=%s",
             failure.reason,

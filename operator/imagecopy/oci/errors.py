@@ -28,6 +28,8 @@ __all__ = [
     "SecretInvalid",
     "SecretNotFound",
     "Side",
+    "SignatureInvalid",
+    "SignatureMissing",
     "TLSError",
     "TagConflict",
     "Unauthorized",
@@ -70,6 +72,19 @@ class SecretNotFound(ImageCopyError):
 
 class SecretInvalid(ImageCopyError):
     label = "secret invalid"
+
+
+class SignatureMissing(ImageCopyError):
+    """``verify`` asked for a signature and the source has none (yet): signing often
+    follows the push by seconds, so this is retried."""
+
+    label = "signature missing"
+
+
+class SignatureInvalid(ImageCopyError):
+    """The source has signatures, and none verifies with a trusted key for its digest."""
+
+    label = "signature invalid"
 
 
 class RegistryNotAllowed(ImageCopyError):
