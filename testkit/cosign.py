@@ -43,7 +43,11 @@ class Cosign:
     major: int
 
     def run(
-        self, *args: str, reg: RegistryServer | None = None, cwd: Path | None = None, timeout: float = 180.0
+        self,
+        *args: str,
+        reg: RegistryServer | None = None,
+        cwd: Path | None = None,
+        timeout: float = 180.0,
     ) -> str:
         with tempfile.TemporaryDirectory(prefix="cosign-") as home:
             env = {
@@ -88,7 +92,14 @@ class Cosign:
     def import_key_pair(self, private_pem: Path, directory: Path) -> KeyPair:
         """A key made elsewhere (PKCS#8 / PKCS#1 / SEC1 PEM), imported as cosign does."""
         directory.mkdir(parents=True, exist_ok=True)
-        self.run("import-key-pair", "--key", str(private_pem), "--output-key-prefix", "import", cwd=directory)
+        self.run(
+            "import-key-pair",
+            "--key",
+            str(private_pem),
+            "--output-key-prefix",
+            "import",
+            cwd=directory,
+        )
         return KeyPair(directory / "import.key", directory / "import.pub")
 
     # -- signing ------------------------------------------------------------------------------
@@ -105,14 +116,29 @@ class Cosign:
             args.append("--recursive")
         return self.run(*args, ref, reg=reg)
 
-    def attest(self, reg: RegistryServer, ref: str, keys: KeyPair, predicate: dict[str, object], kind: str = "slsaprovenance") -> str:
+    def attest(
+        self,
+        reg: RegistryServer,
+        ref: str,
+        keys: KeyPair,
+        predicate: dict[str, object],
+        kind: str = "slsaprovenance",
+    ) -> str:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(predicate, f)
             path = f.name
         try:
             return self.run(
-                "attest", "--key", str(keys.key), "--type", kind, "--predicate", path,
-                *self._offline(), ref, reg=reg,
+                "attest",
+                "--key",
+                str(keys.key),
+                "--type",
+                kind,
+                "--predicate",
+                path,
+                *self._offline(),
+                ref,
+                reg=reg,
             )
         finally:
             os.unlink(path)
@@ -136,8 +162,17 @@ class Cosign:
         out = self.run(*args, "--output", "json", ref, reg=reg)
         return _json_lines(out)
 
-    def verify_attestation(self, reg: RegistryServer, ref: str, pub: Path, kind: str = "slsaprovenance") -> list[dict[str, object]]:
-        args = ["verify-attestation", "--key", str(pub), "--insecure-ignore-tlog=true", "--type", kind]
+    def verify_attestation(
+        self, reg: RegistryServer, ref: str, pub: Path, kind: str = "slsaprovenance"
+    ) -> list[dict[str, object]]:
+        args = [
+            "verify-attestation",
+            "--key",
+            str(pub),
+            "--insecure-ignore-tlog=true",
+            "--type",
+            kind,
+        ]
         if self.major >= 3:
             args.append("--new-bundle-format=true")
         return _json_lines(self.run(*args, ref, reg=reg))
@@ -168,5 +203,7 @@ def cosign(major: int) -> Cosign:
     name = f"cosign{major}"
     path = find_tool(name)
     if path is None:
-        raise FileNotFoundError(f"{name} not found in {TOOLS_BIN} or PATH (scripts/install-tools.sh)")
+        raise FileNotFoundError(
+            f"{name} not found in {TOOLS_BIN} or PATH (scripts/install-tools.sh)"
+        )
     return Cosign(path, major)

@@ -108,7 +108,9 @@ def test_simple_signing_signature_verifies_with_its_key_only(
     assert check_signature(_trusted(keys[kind]), sig)
     assert not check_signature(_trusted(keys["other"]), sig)
 
-    verdict = evaluate(DIGEST, [sig], [_trusted(keys["other"], "k/other.pub"), _trusted(keys[kind])])
+    verdict = evaluate(
+        DIGEST, [sig], [_trusted(keys["other"], "k/other.pub"), _trusted(keys[kind])]
+    )
     assert verdict.verified and verdict.keys == ("keys/release.pub",)
     assert verdict.valid == 1 and verdict.signatures == 1
     assert verdict.docker_references == ("registry.example/prod/web",)
@@ -134,8 +136,15 @@ def test_blob_bundle_message_signature(
     blob.write_bytes(b"some artifact bytes\n")
     bundle = tmp_path / "artifact.bundle"
     cosign2.run(
-        "sign-blob", "--key", str(keys["p256"].key), "--tlog-upload=false", "--yes",
-        "--new-bundle-format", "--bundle", str(bundle), str(blob),
+        "sign-blob",
+        "--key",
+        str(keys["p256"].key),
+        "--tlog-upload=false",
+        "--yes",
+        "--new-bundle-format",
+        "--bundle",
+        str(bundle),
+        str(blob),
     )
     import hashlib
 
@@ -155,9 +164,19 @@ def test_dsse_bundle_signature(cosign2: Cosign, keys: dict[str, KeyPair], tmp_pa
     predicate.write_text(json.dumps({"buildType": "test"}))
     bundle = tmp_path / "att.bundle"
     cosign2.run(
-        "attest-blob", "--key", str(keys["p256"].key), "--tlog-upload=false", "--yes",
-        "--new-bundle-format", "--bundle", str(bundle), "--predicate", str(predicate),
-        "--type", "https://sigstore.dev/cosign/sign/v1", str(blob),
+        "attest-blob",
+        "--key",
+        str(keys["p256"].key),
+        "--tlog-upload=false",
+        "--yes",
+        "--new-bundle-format",
+        "--bundle",
+        str(bundle),
+        "--predicate",
+        str(predicate),
+        "--type",
+        "https://sigstore.dev/cosign/sign/v1",
+        str(blob),
     )
     import hashlib
 
@@ -169,9 +188,19 @@ def test_dsse_bundle_signature(cosign2: Cosign, keys: dict[str, KeyPair], tmp_pa
 
     other = tmp_path / "slsa.bundle"
     cosign2.run(
-        "attest-blob", "--key", str(keys["p256"].key), "--tlog-upload=false", "--yes",
-        "--new-bundle-format", "--bundle", str(other), "--predicate", str(predicate),
-        "--type", "slsaprovenance", str(blob),
+        "attest-blob",
+        "--key",
+        str(keys["p256"].key),
+        "--tlog-upload=false",
+        "--yes",
+        "--new-bundle-format",
+        "--bundle",
+        str(other),
+        "--predicate",
+        str(predicate),
+        "--type",
+        "slsaprovenance",
+        str(blob),
     )
     assert parse_bundle(other.read_bytes(), digest, "bundle") == []
 
@@ -184,7 +213,9 @@ def test_hostile_simple_signing_is_a_problem_not_a_crash() -> None:
     assert parse_simple_signing(b"not json", "AAAA", "x").problem
     assert parse_simple_signing(b'{"critical": {}}', None, "x").problem
     assert parse_simple_signing(b'{"critical": {}}', "%%%", "x").problem
-    ok = parse_simple_signing(b'{"critical": {"image": {"docker-manifest-digest": 5}}}', "AAAA", "x")
+    ok = parse_simple_signing(
+        b'{"critical": {"image": {"docker-manifest-digest": 5}}}', "AAAA", "x"
+    )
     assert ok.problem is None and ok.claimed_digest is None
 
 
@@ -202,7 +233,7 @@ def test_pae_is_dsse_v1() -> None:
 
 
 def test_load_key_refuses_what_is_not_a_public_key() -> None:
-    with pytest.raises(InvalidSpec, match="k/a.pub is not a PEM public key"):
+    with pytest.raises(InvalidSpec, match=r"k/a\.pub is not a PEM public key"):
         load_key("k/a.pub", b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
     with pytest.raises(InvalidSpec):
         load_key("k/b.pub", _private_pem("p384"))
@@ -231,7 +262,11 @@ def _sig_manifest(*layers: str) -> bytes:
         {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": DIGEST, "size": 2},
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": DIGEST,
+                "size": 2,
+            },
             "layers": [
                 {
                     "mediaType": SIMPLE_SIGNING,

@@ -40,7 +40,6 @@ from .schedule import Schedule
 from .settings import Settings, format_duration
 from .slots import FairSlots
 from .spec import ImageCopySpec, parse_spec
-from .trust import verify_policy
 from .status import (
     READY,
     apply_merge_patch,
@@ -54,6 +53,7 @@ from .status import (
     suspended_patch,
     true_conditions,
 )
+from .trust import verify_policy
 
 __all__ = [
     "CopyEngine",

@@ -20,7 +20,9 @@ from .spec import VerifySpec
 __all__ = ["keys_from_secret", "verify_policy"]
 
 
-def keys_from_secret(secret: Mapping[str, object], namespace: str, name: str) -> tuple[TrustedKey, ...]:
+def keys_from_secret(
+    secret: Mapping[str, object], namespace: str, name: str
+) -> tuple[TrustedKey, ...]:
     """The ``*.pub`` keys of a Secret; ``SecretInvalid`` when there is none or one is bad."""
     where = f"Secret {namespace}/{name}"
     data = secret.get("data") or {}

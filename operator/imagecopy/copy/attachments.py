@@ -41,9 +41,7 @@ async def add_attachments(source_repo: RepositoryClient, plan: Plan, skip: set[s
     """Add the cosign tag attachments of the plan's image manifests to ``plan``."""
     subjects = [d for d, node in plan.nodes.items() if node.referrer_of is None and d not in skip]
     wanted = [(d, attachment_tag(d, s)) for d in subjects for s in ATTACHMENT_SUFFIXES]
-    found = await gather_all(
-        *(source_repo.get_manifest(tag, missing_ok=True) for _, tag in wanted)
-    )
+    found = await gather_all(*(source_repo.get_manifest(tag, missing_ok=True) for _, tag in wanted))
     for (subject, tag), manifest in zip(wanted, found, strict=True):
         if manifest is not None and not manifest.is_index:
             plan.attach(Attachment(tag, subject, manifest))

@@ -25,12 +25,12 @@ from ..oci.credentials import CredentialStore
 from ..oci.errors import Side
 from ..oci.pool import RegistryPool, Session
 from ..oci.reference import Reference
+from .attachments import add_attachments
 from .execute import Destination, DryRunDestination, Executor, RegistryDestination
 from .locations import BlobLocations
 from .mounts import MountStrategy
 from .options import CopyOptions
 from .plan import Plan, destination_reference, make_plan
-from .attachments import add_attachments
 from .referrers import add_referrers
 from .report import CopyReport, Outcome
 from .verify import verify_image

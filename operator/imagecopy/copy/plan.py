@@ -22,7 +22,15 @@ from .options import CopyOptions, TagPolicy
 from .platforms import filter_platforms
 from .report import Outcome
 
-__all__ = ["Attachment", "Node", "Plan", "Settled", "destination_reference", "fetch_child", "make_plan"]
+__all__ = [
+    "Attachment",
+    "Node",
+    "Plan",
+    "Settled",
+    "destination_reference",
+    "fetch_child",
+    "make_plan",
+]
 
 
 @dataclass
@@ -88,7 +96,6 @@ class Plan:
             if not blob.foreign:
                 self.blobs.setdefault(blob.digest, blob)
         return node
-
 
     def attach(self, attachment: Attachment) -> None:
         self.attachments.append(attachment)

@@ -19,7 +19,7 @@ runs before anything is written to the destination (``copy.engine``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +40,13 @@ __all__ = [
     "verify_image",
 ]
 
-_HASHES: tuple[type[hashes.HashAlgorithm], ...] = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
-_PREHASH = {"SHA2_256": hashes.SHA256, "SHA2_384": hashes.SHA384, "SHA2_512": hashes.SHA512}
+_HashFactory = Callable[[], hashes.HashAlgorithm]
+_HASHES: tuple[_HashFactory, ...] = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
+_PREHASH: dict[str, _HashFactory] = {
+    "SHA2_256": hashes.SHA256,
+    "SHA2_384": hashes.SHA384,
+    "SHA2_512": hashes.SHA512,
+}
 
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
@@ -185,13 +190,15 @@ class VerifyPolicy:
     def reuse(self, digest: str) -> Verification | None:
         known = self.known
         names = {k.name for k in self.keys}
-        if known is not None and known.digest == digest and known.verified:
-            if known.keys and set(known.keys) <= names:
-                return known
+        fits = known is not None and known.digest == digest and known.verified
+        if fits and known is not None and known.keys and set(known.keys) <= names:
+            return known
         return None
 
 
-def evaluate(digest: str, signatures: Sequence[Signature], keys: Iterable[TrustedKey]) -> Verification:
+def evaluate(
+    digest: str, signatures: Sequence[Signature], keys: Iterable[TrustedKey]
+) -> Verification:
     """The verdict for ``digest`` given its signatures (pure)."""
     trusted = tuple(keys)
     matched: list[str] = []
@@ -224,7 +231,9 @@ async def verify_image(repo: RepositoryClient, digest: str, policy: VerifyPolicy
     verdict = evaluate(digest, signatures, policy.keys)
     if not verdict.verified:
         names = ", ".join(k.name for k in policy.keys)
-        wrong_digest = sum(1 for s in signatures if s.problem is None and s.claimed_digest != digest)
+        wrong_digest = sum(
+            1 for s in signatures if s.problem is None and s.claimed_digest != digest
+        )
         detail = f"; {wrong_digest} sign another digest" if wrong_digest else ""
         raise SignatureInvalid(
             f"none of the {len(signatures)} signatures of {where} verifies with {names}{detail}"
