@@ -1,0 +1,259 @@
+"""Signatures travel, and the verification gate, against real registries and the real cosign.
+
+cosign v2 signs, attests and attaches SBOMs with legacy ``sha256-<hex>.sig/.att/.sbom`` tags;
+cosign v3 pushes sigstore bundles as OCI referrers. After our copy, cosign itself verifies the
+destination (``verify --key … --insecure-ignore-tlog``) and reads the attestations back
+(``verify-attestation``, ``download attestation``, ``tree``): our client is not the judge of
+its own output.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imagecopy.copy import CopyOptions, Outcome
+from imagecopy.copy.verify import VerifyPolicy, load_key
+from imagecopy.oci.errors import SignatureInvalid, SignatureMissing
+from testkit import images
+from testkit.cosign import Cosign, KeyPair, cosign
+from testkit.registry import RegistryServer
+from testkit.tools import REPO_ROOT, find_tool
+from tests.integration.copyhelpers import copy, repo
+from tests.support.fixtures import require_tool
+
+pytestmark = pytest.mark.integration
+
+WRITES = ("PUT", "POST", "PATCH", "DELETE")
+PREDICATE = {"buildType": "https://example.com/ci", "builder": {"id": "ci"}}
+SBOM = json.dumps({"spdxVersion": "SPDX-2.3", "name": "web", "SPDXID": "SPDXRef-DOCUMENT"})
+
+
+@pytest.fixture(scope="module")
+def cosign2() -> Cosign:
+    require_tool("cosign2", find_tool("cosign2"))
+    return cosign(2)
+
+
+@pytest.fixture(scope="module")
+def cosign3() -> Cosign:
+    require_tool("cosign3", find_tool("cosign3"))
+    return cosign(3)
+
+
+@pytest.fixture(scope="module")
+def keys(cosign2: Cosign, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, KeyPair]]:
+    root = tmp_path_factory.mktemp("keys")
+    yield {
+        "release": cosign2.generate_key_pair(root / "release"),
+        "other": cosign2.generate_key_pair(root / "other"),
+    }
+
+
+def policy(*pairs: KeyPair) -> VerifyPolicy:
+    return VerifyPolicy(
+        tuple(load_key(f"keys/{p.pub.parent.name}.pub", p.pub.read_bytes()) for p in pairs)
+    )
+
+
+def writes(reg: RegistryServer, mark: int, name: str) -> list[str]:
+    return [str(e) for e in reg.access_log_since(mark) if e.repo == name and e.method in WRITES]
+
+
+def sign_everything(tool: Cosign, reg: RegistryServer, ref: str, pair: KeyPair) -> None:
+    tool.sign(reg, ref, pair)
+    tool.attest(reg, ref, pair, PREDICATE)
+    if tool.major == 2:
+        tool.attach_sbom(reg, ref, SBOM)
+
+
+@pytest.mark.parametrize("same_registry", [False, True], ids=["cross-registry", "same-registry"])
+async def test_cosign_v2_tags_travel_and_cosign_verifies_the_destination(
+    same_registry: bool,
+    registry_v2: RegistryServer,
+    registry_v3: RegistryServer,
+    cosign2: Cosign,
+    keys: dict[str, KeyPair],
+) -> None:
+    source, target = registry_v2, (registry_v2 if same_registry else registry_v3)
+    src_repo, dst_repo = repo("dev"), repo("prod")
+    image = images.push_image(source, src_repo, "1.0", layers=2)
+    sign_everything(cosign2, source, source.ref(src_repo, image.digest), keys["release"])
+    dst = target.ref(dst_repo, "1.0")
+
+    options = CopyOptions(referrers=True, verify=policy(keys["release"]))
+    report = await copy(source.ref(src_repo, "1.0"), dst, source, target, options=options)
+
+    assert report.outcome is Outcome.COPIED
+    assert report.referrers == 3  # .sig, .att, .sbom
+    assert report.verification is not None and report.verification.verified
+    assert report.verification.keys == ("keys/release.pub",)
+    if same_registry:
+        assert report.blobs_uploaded == 0  # signature blobs are mounted like any blob
+    verified = cosign2.verify(target, dst, keys["release"].pub)
+    assert verified[0]["critical"]["image"]["docker-manifest-digest"] == image.digest  # type: ignore[index]
+    cosign2.verify_attestation(target, dst, keys["release"].pub)
+    statements = cosign2.download_attestation(target, dst)
+    assert statements and statements[0]["payloadType"] == "application/vnd.in-toto+json"
+    assert "spdxVersion" in cosign2.download_sbom(target, dst)
+    tree = cosign2.tree(target, dst)
+    assert "Signatures" in tree and "Attestations" in tree and "SBOMs" in tree
+
+    # A rerun is a no-op: two HEADs, no signature read, nothing written.
+    mark = target.mark()
+    again = await copy(
+        source.ref(src_repo, "1.0"), dst, source, target, options=CopyOptions(referrers=True)
+    )
+    assert again.outcome is Outcome.UP_TO_DATE and again.requests == 2
+    assert writes(target, mark, dst_repo) == []
+
+    # Another tag of the same image: the attachments are found at the destination, one HEAD
+    # each, and only the new tag is written.
+    mark = target.mark()
+    other = await copy(
+        source.ref(src_repo, "1.0"),
+        target.ref(dst_repo, "1.0-again"),
+        source,
+        target,
+        options=CopyOptions(referrers=True),
+    )
+    assert other.referrers == 3 and other.outcome is Outcome.COPIED
+    assert writes(target, mark, dst_repo) == [f"PUT /v2/{dst_repo}/manifests/1.0-again 201"]
+
+
+async def test_destination_signatures_are_merged_not_clobbered(
+    registry_v2: RegistryServer, cosign2: Cosign, keys: dict[str, KeyPair]
+) -> None:
+    src_repo, dst_repo = repo("dev"), repo("prod")
+    image = images.push_image(registry_v2, src_repo, "2.0", layers=1)
+    cosign2.sign(registry_v2, registry_v2.ref(src_repo, image.digest), keys["release"])
+    dst = registry_v2.ref(dst_repo, "2.0")
+    # The destination holds the image already, signed there by someone else.
+    await copy(registry_v2.ref(src_repo, "2.0"), dst, registry_v2)
+    cosign2.sign(registry_v2, registry_v2.ref(dst_repo, image.digest), keys["other"])
+
+    report = await copy(
+        registry_v2.ref(src_repo, "2.0"),
+        registry_v2.ref(dst_repo, "2.0-signed"),
+        registry_v2,
+        options=CopyOptions(referrers=True),
+    )
+    assert report.referrers == 1 and report.manifests_copied >= 1
+    cosign2.verify(registry_v2, dst, keys["release"].pub)
+    cosign2.verify(registry_v2, dst, keys["other"].pub)
+
+    # Converged: another copy finds every source signature there and writes no .sig.
+    mark = registry_v2.mark()
+    await copy(
+        registry_v2.ref(src_repo, "2.0"),
+        registry_v2.ref(dst_repo, "2.0-third"),
+        registry_v2,
+        options=CopyOptions(referrers=True),
+    )
+    assert [w for w in writes(registry_v2, mark, dst_repo) if ".sig" in w] == []
+
+
+@pytest.mark.parametrize("dest_impl", ["v2", "v3"])
+async def test_cosign_v3_bundles_travel_as_referrers(
+    dest_impl: str,
+    registry_v2: RegistryServer,
+    registry_v3: RegistryServer,
+    cosign3: Cosign,
+    keys: dict[str, KeyPair],
+) -> None:
+    target = registry_v2 if dest_impl == "v2" else registry_v3
+    src_repo, dst_repo = repo("dev"), repo("prod")
+    image = images.push_image(registry_v3, src_repo, "3.0", layers=1)
+    sign_everything(cosign3, registry_v3, registry_v3.ref(src_repo, image.digest), keys["release"])
+    dst = target.ref(dst_repo, "3.0")
+
+    options = CopyOptions(referrers=True, verify=policy(keys["release"]))
+    report = await copy(registry_v3.ref(src_repo, "3.0"), dst, registry_v3, target, options=options)
+    assert report.verification is not None and report.verification.verified
+    assert report.referrers >= 2  # the signature bundle and the attestation bundle
+    cosign3.verify(target, dst, keys["release"].pub)
+    cosign3.verify_attestation(target, dst, keys["release"].pub)
+
+
+async def test_the_gate_writes_nothing_for_unsigned_or_foreign_signed_images(
+    registry_v2: RegistryServer, cosign2: Cosign, keys: dict[str, KeyPair]
+) -> None:
+    src_repo, dst_repo = repo("dev"), repo("prod")
+    image = images.push_image(registry_v2, src_repo, "4.0", layers=1)
+    options = CopyOptions(referrers=True, verify=policy(keys["release"]))
+    mark = registry_v2.mark()
+    with pytest.raises(SignatureMissing):
+        await copy(
+            registry_v2.ref(src_repo, "4.0"),
+            registry_v2.ref(dst_repo, "4.0"),
+            registry_v2,
+            options=options,
+        )
+    cosign2.sign(registry_v2, registry_v2.ref(src_repo, image.digest), keys["other"])
+    with pytest.raises(SignatureInvalid, match=r"keys/release\.pub"):
+        await copy(
+            registry_v2.ref(src_repo, "4.0"),
+            registry_v2.ref(dst_repo, "4.0"),
+            registry_v2,
+            options=options,
+        )
+    assert writes(registry_v2, mark, dst_repo) == []
+
+
+def test_cli_verify_key(
+    registry_v2: RegistryServer, cosign2: Cosign, keys: dict[str, KeyPair], tmp_path: Path
+) -> None:
+    src_repo, dst_repo = repo("dev"), repo("prod")
+    image = images.push_image(registry_v2, src_repo, "5.0", layers=1)
+    cosign2.sign(registry_v2, registry_v2.ref(src_repo, image.digest), keys["release"])
+    base = [
+        sys.executable,
+        "-m",
+        "imagecopy",
+        "copy",
+        "--plain-http",
+        registry_v2.host,
+        "--referrers",
+    ]
+    args = [registry_v2.ref(src_repo, "5.0"), registry_v2.ref(dst_repo, "5.0")]
+
+    refused = subprocess.run(
+        [*base, "--verify-key", str(keys["other"].pub), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode == 1
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("imagecopy: signature invalid: ")
+
+    ok = subprocess.run(
+        [
+            *base,
+            "--json",
+            "-q",
+            "--verify-key",
+            str(keys["other"].pub),
+            "--verify-key",
+            str(keys["release"].pub),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    out = json.loads(ok.stdout)
+    assert out["verification"]["verified"] is True
+    assert out["verification"]["keys"] == [str(keys["release"].pub)]
+    assert out["verification"]["digest"] == image.digest
+    assert out["referrers"] == 1
