@@ -93,15 +93,17 @@ class Signature:
 
 
 def _b64(value: Any) -> bytes | None:
+    """Standard or URL-safe base64 (padding optional); None for anything else or empty."""
     if not isinstance(value, str) or not value:
         return None
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        try:  # some encoders use the URL-safe alphabet
-            return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    padded = value + "=" * (-len(value) % 4)
+    for altchars in (None, b"-_"):
+        try:
+            decoded = base64.b64decode(padded, altchars=altchars, validate=True)
         except (binascii.Error, ValueError):
-            return None
+            continue
+        return decoded or None
+    return None
 
 
 def _json(data: bytes) -> dict[str, Any] | None:
