@@ -260,3 +260,43 @@ def test_cli_verify_key(
     assert out["verification"]["keys"] == [str(keys["release"].pub)]
     assert out["verification"]["digest"] == image.digest
     assert out["referrers"] == 1
+
+
+@pytest.mark.parametrize("signer", [2, 3])
+async def test_what_verification_costs_in_requests(
+    signer: int,
+    registry_v2: RegistryServer,
+    registry_v3: RegistryServer,
+    cosign2: Cosign,
+    cosign3: Cosign,
+    keys: dict[str, KeyPair],
+) -> None:
+    """The figures of docs/reference.md §4: the same copy with and without the gate. Both
+    test registries lack the referrers API, so bundles are found through the tag schema."""
+    tool = cosign2 if signer == 2 else cosign3
+    src_repo = repo("dev")
+    image = images.push_image(registry_v3, src_repo, "6.0", layers=1)
+    tool.sign(registry_v3, registry_v3.ref(src_repo, image.digest), keys["release"])
+    src = registry_v3.ref(src_repo, "6.0")
+
+    plain = await copy(src, registry_v2.ref(repo("p"), "6.0"), registry_v3, registry_v2)
+    gated_policy = policy(keys["release"])
+    gated = await copy(
+        src,
+        registry_v2.ref(repo("g"), "6.0"),
+        registry_v3,
+        registry_v2,
+        options=CopyOptions(verify=gated_policy),
+    )
+    extra = gated.requests - plain.requests
+    # v2: GET .sig, its payload blob, GET /referrers (404), GET the tag-schema index (404).
+    # v3: GET .sig (404), GET /referrers (404), the tag-schema index, the bundle and its blob.
+    assert extra == (4 if signer == 2 else 5), (plain.requests, gated.requests)
+
+    # A no-op resync of a verified digest: the two HEADs, nothing for the gate.
+    assert gated.verification is not None
+    known = VerifyPolicy(gated_policy.keys, gated.verification)
+    dst = gated.destination
+    again = await copy(src, dst, registry_v3, registry_v2, options=CopyOptions(verify=known))
+    assert again.outcome is Outcome.UP_TO_DATE and again.requests == 2
+    print(f"cosign v{signer}: verification costs {extra} requests per copy, 0 per no-op resync")
