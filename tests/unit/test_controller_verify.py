@@ -162,3 +162,52 @@ def test_status_records_the_verdict_and_the_ready_message_names_the_key() -> Non
     assert "verification" not in success_patch(status, report(verdict, Outcome.UP_TO_DATE), 1, NOW)
     dropped = apply_merge_patch(status, success_patch(status, report(None), 2, NOW))
     assert "verification" not in dropped
+
+
+async def test_signature_missing_backs_off_but_never_slower_than_the_stalled_cadence() -> None:
+    import logging
+    import random
+
+    from prometheus_client import CollectorRegistry
+
+    from imagecopy.controller.metrics import Metrics
+    from imagecopy.controller.service import ImageCopyService, ObjectRef
+    from imagecopy.controller.settings import Settings
+    from imagecopy.controller.status import find_condition
+    from imagecopy.oci.errors import SignatureMissing
+    from tests.unit.test_controller_service import FakeCopier, Writer
+
+    body: dict[str, Any] = {
+        "metadata": {"generation": 1},
+        "spec": spec(verify={"provider": "cosign", "secretRef": {"name": "cosign-keys"}}),
+    }
+    copier = FakeCopier()
+    seen: list[Any] = []
+    original = copier.copy
+
+    async def recording(source: Any, destination: Any, options: Any = None, cred: Any = None):  # type: ignore[no-untyped-def]
+        seen.append(options.verify)
+        return await original(source, destination, options, cred)
+
+    copier.copy = recording  # type: ignore[method-assign]
+    copier.results = [SignatureMissing("reg/dev/web@sha256:… has no cosign signature")] * 8
+    reader = Secrets(secret(release_pub=pem("ec")))
+    service = ImageCopyService(
+        copier=copier,
+        secrets=reader,
+        status_writer=Writer(body),
+        events=lambda ref, type_, reason, message: None,
+        metrics=Metrics(CollectorRegistry()),
+        settings=Settings(stalled_retry=7.0, retry_base=2.0, retry_max=300.0),
+        now=lambda: NOW,
+        rng=random.Random(0),
+    )
+    ref = ObjectRef("team-a", "web", "uid-1")
+    delays = [await service.reconcile(ref, body, logging.getLogger("t")) for _ in range(8)]
+    assert delays[0] is not None and 1 <= delays[0] <= 2  # the transient backoff...
+    assert all(d is not None and d <= 7.0 for d in delays)  # ...capped at the stalled cadence
+    assert delays[-1] == 7.0
+    ready = find_condition(body["status"], "Ready")
+    assert ready is not None and ready["reason"] == "SignatureMissing"
+    assert [k.name for k in seen[0].keys] == ["cosign-keys/release.pub"]
+    assert reader.reads[0] == ("team-a", "cosign-keys")
