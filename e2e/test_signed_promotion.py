@@ -225,6 +225,8 @@ def test_image_signed_by_another_key_is_refused_then_heals(
 
 def test_keyless_verification_is_refused_by_the_api_server(icp: ImageCopies) -> None:
     spec = verified_spec("127.0.0.1:5000/a:1", "127.0.0.1:5000/b:1")
-    spec["verify"]["matchOIDCIdentity"] = [{"issuer": "https://issuer.example", "subject": "ci@example.com"}]
+    spec["verify"]["matchOIDCIdentity"] = [
+        {"issuer": "https://issuer.example", "subject": "ci@example.com"}
+    ]
     with pytest.raises(Exception, match="keyless verification is not supported"):
         icp.apply("keyless", spec)

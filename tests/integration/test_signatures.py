@@ -161,7 +161,7 @@ async def test_destination_signatures_are_merged_not_clobbered(
     assert [w for w in writes(registry_v2, mark, dst_repo) if ".sig" in w] == []
 
 
-@pytest.mark.parametrize("dest_impl", ["v2", "v3"])
+@pytest.mark.parametrize("dest_impl", ["v2", "v3"], ids=["cross-registry", "same-registry"])
 async def test_cosign_v3_bundles_travel_as_referrers(
     dest_impl: str,
     registry_v2: RegistryServer,
@@ -178,9 +178,22 @@ async def test_cosign_v3_bundles_travel_as_referrers(
     options = CopyOptions(referrers=True, verify=policy(keys["release"]))
     report = await copy(registry_v3.ref(src_repo, "3.0"), dst, registry_v3, target, options=options)
     assert report.verification is not None and report.verification.verified
-    assert report.referrers >= 2  # the signature bundle and the attestation bundle
+    assert report.referrers == 2  # the signature bundle and the attestation bundle
     cosign3.verify(target, dst, keys["release"].pub)
     cosign3.verify_attestation(target, dst, keys["release"].pub)
+    tree = cosign3.tree(target, dst)
+    assert tree.count("via OCI referrer") == 2
+    # A rerun is a no-op.
+    again = await copy(
+        registry_v3.ref(src_repo, "3.0"),
+        dst,
+        registry_v3,
+        target,
+        options=CopyOptions(
+            referrers=True, verify=VerifyPolicy(options.verify.keys, report.verification)
+        ),
+    )
+    assert again.outcome is Outcome.UP_TO_DATE and again.requests == 2
 
 
 async def test_the_gate_writes_nothing_for_unsigned_or_foreign_signed_images(
