@@ -300,3 +300,12 @@ def test_merge_rule_is_a_union_of_layers_destination_first() -> None:
     # Converged: merging again adds nothing.
     assert merge_layers(merged, src) is None
     assert merge_layers(dest, parse_manifest(_sig_manifest(a), None, "s")) is None
+
+
+def test_an_oversized_or_unprintable_signed_reference_is_not_reported() -> None:
+    for reference in ("r" * 1000, "reg/web\n:1"):
+        payload = json.dumps(
+            {"critical": {"identity": {"docker-reference": reference}, "image": {}}}
+        ).encode()
+        sig = parse_simple_signing(payload, "AAAA", "x")
+        assert sig.problem is None and sig.docker_reference is None

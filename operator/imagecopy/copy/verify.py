@@ -48,6 +48,9 @@ _PREHASH: dict[str, _HashFactory] = {
     "SHA2_512": hashes.SHA512,
 }
 
+#: At most this many signed docker-references are reported.
+_MAX_REPORTED = 8
+
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
 
@@ -211,7 +214,8 @@ def evaluate(
         if hits:
             valid += 1
             matched.extend(h for h in hits if h not in matched)
-            if sig.docker_reference and sig.docker_reference not in references:
+            fresh = sig.docker_reference and sig.docker_reference not in references
+            if fresh and sig.docker_reference and len(references) < _MAX_REPORTED:
                 references.append(sig.docker_reference)
     return Verification(
         digest, valid > 0, len(signatures), valid, tuple(matched), tuple(references)

@@ -114,6 +114,16 @@ def _json(data: bytes) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
+#: A signed ``docker-reference`` longer than this is not reported (it ends up in a status).
+MAX_REFERENCE = 512
+
+
+def _reference(value: Any) -> str | None:
+    if isinstance(value, str) and 0 < len(value) <= MAX_REFERENCE and value.isprintable():
+        return value
+    return None
+
+
 def _broken(origin: str, problem: str) -> Signature:
     return Signature(origin, b"", b"", None, problem=problem)
 
@@ -136,7 +146,7 @@ def parse_simple_signing(payload: bytes, signature_b64: str | None, origin: str)
         payload,
         signature,
         digest if isinstance(digest, str) else None,
-        reference if isinstance(reference, str) else None,
+        _reference(reference),
     )
 
 
@@ -159,8 +169,8 @@ def _statement_subject(payload: bytes) -> tuple[list[str], str | None, str | Non
         found = subject.get("digest")
         if isinstance(found, dict) and isinstance(found.get("sha256"), str):
             digests.append("sha256:" + found["sha256"])
-            if name is None and isinstance(subject.get("name"), str):
-                name = subject["name"]
+            if name is None:
+                name = _reference(subject.get("name"))
     predicate = obj.get("predicateType")
     return digests, name, predicate if isinstance(predicate, str) else None
 
