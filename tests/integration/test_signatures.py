@@ -313,3 +313,67 @@ async def test_what_verification_costs_in_requests(
     again = await copy(src, dst, registry_v3, registry_v2, options=CopyOptions(verify=known))
     assert again.outcome is Outcome.UP_TO_DATE and again.requests == 2
     print(f"cosign v{signer}: verification costs {extra} requests per copy, 0 per no-op resync")
+
+
+def _push_sig(reg: RegistryServer, name: str, digest: str, payload: bytes, note: str) -> None:
+    """A hostile ``.sig`` manifest (not cosign's): a payload layer with any annotation."""
+    config = b"{}"
+    config_digest = images.push_blob(reg, name, config)
+    layer_digest = images.push_blob(reg, name, payload)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": len(config),
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+                "digest": layer_digest,
+                "size": len(payload),
+                "annotations": {"dev.cosignproject.cosign/signature": note},
+            }
+        ],
+    }
+    images.push_manifest(
+        reg,
+        name,
+        digest.replace(":", "-") + ".sig",
+        json.dumps(manifest).encode(),
+        "application/vnd.oci.image.manifest.v1+json",
+    )
+
+
+async def test_hostile_signature_tags_are_refused_with_a_sentence_and_nothing_written(
+    registry_v2: RegistryServer, cosign2: Cosign, keys: dict[str, KeyPair], tmp_path: Path
+) -> None:
+    """A payload over 1 MiB is not read; a payload naming another digest, signed by the
+    trusted key (cosign's own signature over cosign's own payload), does not vouch for this
+    image; garbage in the annotation verifies with no key."""
+    options = CopyOptions(referrers=True, verify=policy(keys["release"]))
+    src_repo, dst_repo = repo("dev"), repo("prod")
+
+    big = images.push_image(registry_v2, src_repo, "big", layers=1)
+    _push_sig(registry_v2, src_repo, big.digest, b"{" + b" " * (2 * 1024 * 1024) + b"}", "AAAA")
+    mark = registry_v2.mark()
+    with pytest.raises(SignatureInvalid, match="over 1 MiB are refused"):
+        await copy(big.ref, registry_v2.ref(dst_repo, "big"), registry_v2, options=options)
+
+    replay = images.push_image(registry_v2, src_repo, "replay", layers=1)
+    other_image = f"{registry_v2.host}/{src_repo}@{big.digest}"
+    payload_file = tmp_path / "payload.json"
+    payload_file.write_text(cosign2.run("generate", other_image))
+    signature = cosign2.run(
+        "sign-blob", "--key", str(keys["release"].key), "--tlog-upload=false", str(payload_file)
+    ).strip()
+    _push_sig(registry_v2, src_repo, replay.digest, payload_file.read_bytes(), signature)
+    with pytest.raises(SignatureInvalid, match="1 sign another digest"):
+        await copy(replay.ref, registry_v2.ref(dst_repo, "replay"), registry_v2, options=options)
+
+    garbage = images.push_image(registry_v2, src_repo, "garbage", layers=1)
+    _push_sig(registry_v2, src_repo, garbage.digest, b"not json", "%%% not base64")
+    with pytest.raises(SignatureInvalid, match="none of the 1 signatures"):
+        await copy(garbage.ref, registry_v2.ref(dst_repo, "garbage"), registry_v2, options=options)
+    assert writes(registry_v2, mark, dst_repo) == []
