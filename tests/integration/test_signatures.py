@@ -377,3 +377,32 @@ async def test_hostile_signature_tags_are_refused_with_a_sentence_and_nothing_wr
     with pytest.raises(SignatureInvalid, match="none of the 1 signatures"):
         await copy(garbage.ref, registry_v2.ref(dst_repo, "garbage"), registry_v2, options=options)
     assert writes(registry_v2, mark, dst_repo) == []
+
+
+async def test_recursively_signed_index_carries_every_child_signature(
+    registry_v2: RegistryServer,
+    registry_v3: RegistryServer,
+    cosign2: Cosign,
+    keys: dict[str, KeyPair],
+) -> None:
+    """``cosign sign --recursive`` signs the index and each platform manifest: every one of
+    those ``.sig`` tags travels, and cosign verifies a child at the destination."""
+    src_repo, dst_repo = repo("dev"), repo("mirror")
+    index = images.push_index(
+        registry_v2, src_repo, "multi", platforms=("linux/amd64", "linux/arm64")
+    )
+    cosign2.sign(
+        registry_v2, registry_v2.ref(src_repo, index.digest), keys["release"], recursive=True
+    )
+    dst = registry_v3.ref(dst_repo, "multi")
+
+    report = await copy(
+        index.ref,
+        dst,
+        registry_v2,
+        registry_v3,
+        options=CopyOptions(referrers=True, verify=policy(keys["release"])),
+    )
+    assert report.referrers == 1 + len(index.children)
+    for child in index.children:
+        cosign2.verify(registry_v3, registry_v3.ref(dst_repo, child.digest), keys["release"].pub)
