@@ -183,6 +183,14 @@ def test_unsigned_image_is_not_promoted_until_it_is_signed(
     assert icp.condition(obj, "Reconciling")["status"] == "True"  # retried, not Stalled
     assert icp.condition(obj, "Stalled")["status"] == "False"
     assert "no cosign signature" in icp.condition(obj, "Ready")["message"]
+    assert obj["status"]["verification"] == {
+        "digest": image.digest,
+        "verified": False,
+        "signatures": 0,
+        "validSignatures": 0,
+        "keys": [],
+        "dockerReferences": [],
+    }
     assert writes_to(registry_v2, mark, dst) == []
     assert manifest_digest(registry_v2, dst, "3.0") is None
 
@@ -212,6 +220,9 @@ def test_image_signed_by_another_key_is_refused_then_heals(
     obj = icp.wait_condition("db", "Stalled", "True", reason="SignatureInvalid", operator=operator)
     assert icp.condition(obj, "Ready")["status"] == "False"
     assert "cosign-keys/release.pub" in icp.condition(obj, "Ready")["message"]
+    refused = obj["status"]["verification"]
+    assert refused["digest"] == image.digest and refused["verified"] is False
+    assert refused["signatures"] == 1 and refused["keys"] == []
     assert writes_to(registry_v2, mark, dst) == []
 
     # The release key signs too: the next stalled retry promotes it, both signatures travel.

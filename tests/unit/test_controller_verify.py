@@ -190,7 +190,10 @@ async def test_signature_missing_backs_off_but_never_slower_than_the_stalled_cad
         return await original(source, destination, options, cred)
 
     copier.copy = recording  # type: ignore[method-assign]
-    copier.results = [SignatureMissing("reg/dev/web@sha256:… has no cosign signature")] * 8
+    verdict = Verification(DIGEST, False, 0, 0, ()).to_json()
+    copier.results = [
+        SignatureMissing("reg/dev/web@sha256:… has no cosign signature", verdict=verdict)
+    ] * 8
     reader = Secrets(secret(release_pub=pem("ec")))
     service = ImageCopyService(
         copier=copier,
@@ -211,3 +214,6 @@ async def test_signature_missing_backs_off_but_never_slower_than_the_stalled_cad
     assert ready is not None and ready["reason"] == "SignatureMissing"
     assert [k.name for k in seen[0].keys] == ["cosign-keys/release.pub"]
     assert reader.reads[0] == ("team-a", "cosign-keys")
+    # The refused verdict is in the status (and not a reusable one).
+    assert body["status"]["verification"] == verdict
+    assert Verification.from_json(body["status"]["verification"]) is None

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from ..copy.options import CopyOptions
 from ..copy.report import CopyReport, Outcome
 from ..oci.credentials import CredentialStore
-from ..oci.errors import ImageCopyError, RegistryNotAllowed
+from ..oci.errors import ImageCopyError, RegistryNotAllowed, SignatureError
 from ..oci.reference import Reference, Registry
 from ..oci.transport import TransportSettings
 from .credentials import SecretReader, resolve_credentials
@@ -250,7 +250,8 @@ class ImageCopyService:
         except Exception as exc:
             if not isinstance(exc, ImageCopyError):
                 logger.error("reconcile failed with an internal error", exc_info=exc)
-            return await attempt.failed(failure_for(exc))
+            verdict = exc.verdict if isinstance(exc, SignatureError) else None
+            return await attempt.failed(failure_for(exc), verification=verdict)
         return await attempt.succeeded(report, spec.interval)
 
     def _attempt(self, ref: ObjectRef, body: Mapping[str, Any], logger: Logger) -> _Attempt:
@@ -370,10 +371,16 @@ class _Attempt:
         self.state.last_failure = None
         return service.schedule.after_success(interval)
 
-    async def failed(self, failure: Failure) -> float:
+    async def failed(
+        self, failure: Failure, verification: Mapping[str, Any] | None = None
+    ) -> float:
+        """``verification``: the gate's verdict when it refused the source."""
         service = self.service
         state = self.state
-        await self._write(failure_patch(self.status, failure, self.generation, self._now()))
+        patch = failure_patch(self.status, failure, self.generation, self._now())
+        if verification is not None and verification != self.status.get("verification"):
+            patch["verification"] = dict(verification)
+        await self._write(patch)
         service.metrics.record_failure(failure.reason)
         key = (failure.reason, failure.message)
         if key != state.last_failure or self.was_ready:

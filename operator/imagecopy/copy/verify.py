@@ -231,7 +231,10 @@ async def verify_image(repo: RepositoryClient, digest: str, policy: VerifyPolicy
     signatures = await find_signatures(repo, digest)
     where = f"{repo.registry}/{repo.name.path}@{digest}"
     if not signatures:
-        raise SignatureMissing(f"{where} has no cosign signature (.sig tag or sigstore bundle)")
+        raise SignatureMissing(
+            f"{where} has no cosign signature (.sig tag or sigstore bundle)",
+            verdict=Verification(digest, False, 0, 0, ()).to_json(),
+        )
     verdict = evaluate(digest, signatures, policy.keys)
     if not verdict.verified:
         names = ", ".join(k.name for k in policy.keys)
@@ -240,6 +243,7 @@ async def verify_image(repo: RepositoryClient, digest: str, policy: VerifyPolicy
         )
         detail = f"; {wrong_digest} sign another digest" if wrong_digest else ""
         raise SignatureInvalid(
-            f"none of the {len(signatures)} signatures of {where} verifies with {names}{detail}"
+            f"none of the {len(signatures)} signatures of {where} verifies with {names}{detail}",
+            verdict=verdict.to_json(),
         )
     return verdict
