@@ -406,3 +406,39 @@ async def test_recursively_signed_index_carries_every_child_signature(
     assert report.referrers == 1 + len(index.children)
     for child in index.children:
         cosign2.verify(registry_v3, registry_v3.ref(dst_repo, child.digest), keys["release"].pub)
+
+
+async def test_an_attestation_bundle_listed_with_its_predicate_is_not_read_by_the_gate(
+    registry_v2: RegistryServer,
+    registry_v3: RegistryServer,
+    cosign3: Cosign,
+    keys: dict[str, KeyPair],
+) -> None:
+    """cosign's own tag-schema index lists bundles without annotations, so the gate reads
+    each (the attestation too); the index imagecopy writes at the destination carries the
+    predicate annotation, so verifying the copy reads only the signature bundle."""
+    src_repo, dst_repo = repo("dev"), repo("prod")
+    image = images.push_image(registry_v3, src_repo, "7.0", layers=1)
+    sign_everything(cosign3, registry_v3, registry_v3.ref(src_repo, image.digest), keys["release"])
+    src, dst = registry_v3.ref(src_repo, "7.0"), registry_v2.ref(dst_repo, "7.0")
+    baseline = await copy(src, registry_v2.ref(repo("p"), "7.0"), registry_v3, registry_v2)
+    gated = await copy(
+        src,
+        dst,
+        registry_v3,
+        registry_v2,
+        options=CopyOptions(referrers=True, verify=policy(keys["release"])),
+    )
+    assert gated.referrers == 2
+
+    # The copy as a source: .sig (404), /referrers (404), tag index, one bundle + its blob.
+    again_plain = await copy(dst, registry_v3.ref(repo("q"), "7.0"), registry_v2, registry_v3)
+    again_gated = await copy(
+        dst,
+        registry_v3.ref(repo("r"), "7.0"),
+        registry_v2,
+        registry_v3,
+        options=CopyOptions(verify=policy(keys["release"])),
+    )
+    assert again_gated.requests - again_plain.requests == 5
+    assert baseline.requests == again_plain.requests

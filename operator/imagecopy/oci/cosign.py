@@ -246,13 +246,24 @@ def _bundle_layers(manifest: Manifest) -> Sequence[Descriptor]:
     return [b for b in manifest.blobs if b.media_type.startswith(BUNDLE_PREFIX)]
 
 
+#: The annotation cosign puts on a bundle referrer: the predicate of its statement. The
+#: referrers API (and the tag-schema indexes imagecopy writes) list it, which saves reading
+#: an attestation bundle that cannot be a signature.
+PREDICATE_ANNOTATION = "dev.sigstore.bundle.predicateType"
+
+
+def _may_sign(desc: Descriptor) -> bool:
+    if not (desc.artifact_type or "").startswith(BUNDLE_PREFIX) or desc.media_type.endswith(
+        "index"
+    ):
+        return False
+    predicate = (desc.annotations or {}).get(PREDICATE_ANNOTATION)
+    return predicate is None or predicate == SIGN_PREDICATE
+
+
 async def _bundles(repo: RepositoryClient, digest: str) -> list[Signature]:
     found = await find_referrers(repo, digest)
-    wanted = [
-        d
-        for d in found.descriptors
-        if (d.artifact_type or "").startswith(BUNDLE_PREFIX) and not d.media_type.endswith("index")
-    ][:MAX_SIGNATURES]
+    wanted = [d for d in found.descriptors if _may_sign(d)][:MAX_SIGNATURES]
     out: list[Signature] = []
     for desc in wanted:
         manifest = await repo.get_manifest(desc.digest, expected_digest=desc.digest)
