@@ -29,6 +29,7 @@ from . import __version__
 if TYPE_CHECKING:
     from .copy.options import CopyOptions
     from .copy.report import CopyReport
+    from .copy.verify import VerifyPolicy
     from .oci.blobs import BlobOutcome
     from .oci.credentials import CredentialStore
     from .oci.descriptor import Descriptor
@@ -110,6 +111,16 @@ def _parser() -> argparse.ArgumentParser:
         help=(
             "never connect to this network, in addition to IMAGECOPY_BLOCKED_NETWORKS or the "
             "default (link-local, cloud metadata); 'none' drops those (repeatable)"
+        ),
+    )
+    cp.add_argument(
+        "--verify-key",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help=(
+            "copy only if the source is cosign-signed by this PEM public key; exit 1 when "
+            "its signature is missing or invalid (repeatable: any key may match)"
         ),
     )
     cp.add_argument("--ca-file", metavar="PEM", help="extra CA bundle to trust")
@@ -242,6 +253,7 @@ def _copy(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise InvalidSpec(f"{flag}: {exc}") from None
     credentials = CredentialStore.load(args.docker_config)
+    verify = _verify_policy(args.verify_key)
 
     renderer = None if args.quiet else _Renderer(sys.stderr, json_mode=args.json)
     try:
@@ -255,6 +267,7 @@ def _copy(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             dry_run=args.dry_run,
             progress=renderer,
+            verify=verify,
         )
         report = asyncio.run(
             _until_signalled(_run_copy(source, destination, options, credentials, args)),
@@ -268,6 +281,24 @@ def _copy(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print(f"{report.destination_pinned}: {report.summary()}")
     return EXIT_OK
+
+
+def _verify_policy(paths: Sequence[str]) -> VerifyPolicy | None:
+    """The keys of ``--verify-key`` (each a PEM public key file); None without any."""
+    from .copy.verify import VerifyPolicy, load_key
+    from .oci.errors import InvalidSpec
+
+    if not paths:
+        return None
+    keys = []
+    for path in dict.fromkeys(paths):
+        try:
+            with open(path, "rb") as f:
+                pem = f.read(64 * 1024)
+        except OSError as exc:
+            raise InvalidSpec(f"--verify-key {path}: {exc.strerror or exc}") from None
+        keys.append(load_key(path, pem))
+    return VerifyPolicy(tuple(keys))
 
 
 class _Interrupted(Exception):

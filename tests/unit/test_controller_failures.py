@@ -30,8 +30,16 @@ CONTRACT_FAILURE_REASONS = {
     "RegistryNotAllowed",
     "InternalError",
     "CopyTimeout",
+    "SignatureMissing",
+    "SignatureInvalid",
 }
-TRANSIENT_REASONS = {"RegistryUnreachable", "RateLimited", "InternalError", "CopyTimeout"}
+TRANSIENT_REASONS = {
+    "RegistryUnreachable",
+    "RateLimited",
+    "InternalError",
+    "CopyTimeout",
+    "SignatureMissing",
+}
 
 SRC = Side.SOURCE
 DST = Side.DESTINATION
@@ -67,6 +75,8 @@ ROWS: list[tuple[BaseException, str, bool]] = [
     (errors.ImageCopyError("no token in the token service's answer"), "InternalError", False),
     (RuntimeError("boom"), "InternalError", False),
     (CopyTimeout("the copy made no progress for 2m"), "CopyTimeout", False),
+    (errors.SignatureMissing("r/web@sha256:… has no cosign signature"), "SignatureMissing", False),
+    (errors.SignatureInvalid("none of the 1 signatures verifies"), "SignatureInvalid", True),
 ]
 
 

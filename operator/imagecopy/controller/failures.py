@@ -27,6 +27,8 @@ from ..oci.errors import (
     SecretInvalid,
     SecretNotFound,
     Side,
+    SignatureInvalid,
+    SignatureMissing,
     TagConflict,
     TLSError,
     Unauthorized,
@@ -35,7 +37,14 @@ from ..oci.errors import (
 from .deadline import CopyTimeout
 from .kube import KubernetesUnavailable
 
-__all__ = ["MESSAGE_LIMIT", "RULES", "Failure", "FailureRule", "failure_for"]
+__all__ = [
+    "CAPPED_AT_STALLED_RETRY",
+    "MESSAGE_LIMIT",
+    "RULES",
+    "Failure",
+    "FailureRule",
+    "failure_for",
+]
 
 #: Condition messages are at most this long (docs/reference.md §3).
 MESSAGE_LIMIT = 1024
@@ -67,6 +76,11 @@ class FailureRule:
         return self.side is None or getattr(exc, "side", None) is self.side
 
 
+#: Transient reasons whose backoff never waits longer than a Stalled object would: a
+#: signature pushed seconds after the image is picked up soon, and one pushed an hour later
+#: at the stalled cadence.
+CAPPED_AT_STALLED_RETRY = frozenset({"SignatureMissing"})
+
 _STALLED = True
 _TRANSIENT = False
 
@@ -78,6 +92,10 @@ RULES: tuple[FailureRule, ...] = (
     FailureRule(SecretInvalid, "SecretInvalid", _STALLED),
     FailureRule(RegistryNotAllowed, "RegistryNotAllowed", _STALLED),
     FailureRule(TagConflict, "TagConflict", _STALLED),
+    # spec.verify: no signature yet (CI often signs seconds after the push) is retried;
+    # signatures that do not verify need a new signature or another key.
+    FailureRule(SignatureMissing, "SignatureMissing", _TRANSIENT),
+    FailureRule(SignatureInvalid, "SignatureInvalid", _STALLED),
     # The Kubernetes API failing a read the copy needs: try again.
     FailureRule(KubernetesUnavailable, "InternalError", _TRANSIENT),
     # Cancelled at its deadline or for want of progress: the next try resumes the copy.

@@ -28,12 +28,12 @@ from typing import Any, Protocol
 from ..copy.options import CopyOptions
 from ..copy.report import CopyReport, Outcome
 from ..oci.credentials import CredentialStore
-from ..oci.errors import ImageCopyError, RegistryNotAllowed
+from ..oci.errors import ImageCopyError, RegistryNotAllowed, SignatureError
 from ..oci.reference import Reference, Registry
 from ..oci.transport import TransportSettings
 from .credentials import SecretReader, resolve_credentials
 from .deadline import CopyWatchdog, note_request
-from .failures import Failure, failure_for
+from .failures import CAPPED_AT_STALLED_RETRY, Failure, failure_for
 from .kube import KubernetesUnavailable
 from .metrics import Metrics
 from .schedule import Schedule
@@ -53,6 +53,7 @@ from .status import (
     suspended_patch,
     true_conditions,
 )
+from .trust import verify_policy
 
 __all__ = [
     "CopyEngine",
@@ -245,11 +246,12 @@ class ImageCopyService:
             self._check_allowed(spec)
             self._name_registries(attempt.state, spec)
             await attempt.started(spec)
-            report = await self._copy(ref, spec)
+            report = await self._copy(ref, spec, attempt.status)
         except Exception as exc:
             if not isinstance(exc, ImageCopyError):
                 logger.error("reconcile failed with an internal error", exc_info=exc)
-            return await attempt.failed(failure_for(exc))
+            verdict = exc.verdict if isinstance(exc, SignatureError) else None
+            return await attempt.failed(failure_for(exc), verification=verdict)
         return await attempt.succeeded(report, spec.interval)
 
     def _attempt(self, ref: ObjectRef, body: Mapping[str, Any], logger: Logger) -> _Attempt:
@@ -270,12 +272,21 @@ class ImageCopyService:
             was_ready=is_ready_for(status, generation),
         )
 
-    async def _copy(self, ref: ObjectRef, spec: ImageCopySpec) -> CopyReport:
+    async def _copy(
+        self, ref: ObjectRef, spec: ImageCopySpec, status: Mapping[str, Any]
+    ) -> CopyReport:
         credentials = await resolve_credentials(self.secrets, ref.namespace, spec)
+        policy = None
+        if spec.verify is not None:
+            policy = await verify_policy(self.secrets, ref.namespace, spec.verify, status)
         async with self._copy_slots.slot(ref.namespace):
             # The clocks start with the slot: waiting for one is not the copy's fault.
             watchdog = CopyWatchdog(self.settings.copy_timeout, self.settings.stall_timeout)
-            options = replace(spec.copy_options(self.settings.blob_concurrency), progress=watchdog)
+            options = replace(
+                spec.copy_options(self.settings.blob_concurrency),
+                progress=watchdog,
+                verify=policy,
+            )
             return await watchdog.run(
                 self.copier.copy(spec.source, spec.destination, options, credentials)
             )
@@ -360,10 +371,16 @@ class _Attempt:
         self.state.last_failure = None
         return service.schedule.after_success(interval)
 
-    async def failed(self, failure: Failure) -> float:
+    async def failed(
+        self, failure: Failure, verification: Mapping[str, Any] | None = None
+    ) -> float:
+        """``verification``: the gate's verdict when it refused the source."""
         service = self.service
         state = self.state
-        await self._write(failure_patch(self.status, failure, self.generation, self._now()))
+        patch = failure_patch(self.status, failure, self.generation, self._now())
+        if verification is not None and verification != self.status.get("verification"):
+            patch["verification"] = dict(verification)
+        await self._write(patch)
         service.metrics.record_failure(failure.reason)
         key = (failure.reason, failure.message)
         if key != state.last_failure or self.was_ready:
@@ -377,6 +394,8 @@ class _Attempt:
         else:
             state.transient_failures += 1
             delay = service.schedule.after_transient_failure(state.transient_failures)
+            if failure.reason in CAPPED_AT_STALLED_RETRY:
+                delay = min(delay, service.schedule.after_stalled_failure())
         self.logger.warning(
             "copy failed: reason=%s stalled=%s retryIn=%s message=%s",
             failure.reason,

@@ -17,9 +17,22 @@ from ..oci.errors import ImageCopyError, InvalidSpec
 from ..oci.reference import Platform, Reference, parse_platform
 from .settings import parse_duration
 
-__all__ = ["ImageCopySpec", "parse_spec"]
+__all__ = ["ImageCopySpec", "VerifySpec", "parse_spec"]
 
 _SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+@dataclass(frozen=True)
+class VerifySpec:
+    """``spec.verify``: the Secret (same namespace) whose ``*.pub`` entries are trusted."""
+
+    provider: str
+    secret: str
+
+
+#: Keyless verification (Fulcio certificates, Rekor) is not supported: these fields of
+#: Flux's ``verify`` are refused rather than ignored.
+_KEYLESS_FIELDS = ("matchOIDCIdentity", "certificateIdentity", "certificateOidcIssuer")
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,7 @@ class ImageCopySpec:
     #: Seconds between re-checks of the source; None: only on spec changes.
     interval: float | None = None
     suspend: bool = False
+    verify: VerifySpec | None = None
 
     def copy_options(self, blob_concurrency: int) -> CopyOptions:
         return CopyOptions(
@@ -94,6 +108,28 @@ def _secret_name(value: Any, field: str) -> str | None:
     if len(name) > 253 or not _SECRET_NAME.fullmatch(name):
         raise InvalidSpec(f"spec.{field}.name {name!r} is not a valid Secret name")
     return name
+
+
+def _verify(value: Any) -> VerifySpec | None:
+    block = _mapping(value, "verify")
+    if not block:
+        return None
+    for name in _KEYLESS_FIELDS:
+        if name in block:
+            raise InvalidSpec(
+                f"spec.verify.{name}: keyless verification is not supported; "
+                "trust public keys with spec.verify.secretRef"
+            )
+    unknown = sorted(set(block) - {"provider", "secretRef"})
+    if unknown:
+        raise InvalidSpec(f"spec.verify.{unknown[0]} is not a known field")
+    provider = _string(block.get("provider"), "verify.provider") or "cosign"
+    if provider != "cosign":
+        raise InvalidSpec(f"spec.verify.provider {provider!r} is not supported; use cosign")
+    secret = _secret_name(block.get("secretRef"), "verify.secretRef")
+    if secret is None:
+        raise InvalidSpec("spec.verify.secretRef.name is required")
+    return VerifySpec(provider, secret)
 
 
 def parse_spec(
@@ -184,4 +220,5 @@ def parse_spec(
         tag_policy=tag_policy,
         interval=interval,
         suspend=_boolean(spec.get("suspend"), "suspend", False),
+        verify=_verify(spec.get("verify")),
     )

@@ -238,6 +238,10 @@ def success_patch(
         patch["destinationDigest"] = report.destination_digest
     if report.destination_pinned:
         patch["destinationImage"] = report.destination_pinned
+    # The verdict for this digest (a spec without verify drops an old one).
+    verification = report.verification.to_json() if report.verification else None
+    if verification != (status or {}).get("verification"):
+        patch["verification"] = verification
     if report.outcome is Outcome.COPIED:
         patch["lastCopy"] = report.last_copy()
         patch["totals"] = totals_after((status or {}).get("totals"), report)

@@ -4,11 +4,14 @@ Order of work (docs/reference.md §4):
 1. ``copy.plan``: HEAD every destination tag; decide whether the copy is a no-op (two
    requests when every tag exists); fetch the root, filter platforms, apply the tag policy
    (every tag is checked before anything is written); walk the source graph.
-2. ``copy.referrers``: with ``referrers``, add the referrer graphs to the plan.
+   With ``verify``, ``copy.verify`` checks the source's signatures (reads only) before
+   anything else happens; an image that does not pass is never written.
+2. ``copy.referrers``: with ``referrers``, add the referrer graphs to the plan, and
+   ``copy.attachments`` cosign's tag attachments (``.sig``, ``.att``, ``.sbom``).
 3. ``copy.execute``: the pipelined walk — each blob made present once (``oci.blobs``: mount-
    first on one registry, HEAD + mount candidates + verified streaming across registries,
    per ``copy.mounts``), each child pushed by digest as soon as its content is there, the
-   root by tag last, then the extra tags, then the referrers.
+   root by tag last, then the extra tags, then the referrers, then the tag attachments.
 A manifest is never pushed before every blob and child it names is at the destination.
 """
 
@@ -22,6 +25,7 @@ from ..oci.credentials import CredentialStore
 from ..oci.errors import Side
 from ..oci.pool import RegistryPool, Session
 from ..oci.reference import Reference
+from .attachments import add_attachments
 from .execute import Destination, DryRunDestination, Executor, RegistryDestination
 from .locations import BlobLocations
 from .mounts import MountStrategy
@@ -29,6 +33,7 @@ from .options import CopyOptions
 from .plan import Plan, destination_reference, make_plan
 from .referrers import add_referrers
 from .report import CopyReport, Outcome
+from .verify import verify_image
 
 __all__ = ["Copier"]
 
@@ -85,6 +90,11 @@ class Copier:
 
         plan = await make_plan(source_repo, destination_repo, src, dst, options)
         report.source_digest = plan.source_digest
+        if options.verify is not None:
+            # Reads only, before the first write: an unverified image is never promoted.
+            report.verification = await verify_image(
+                source_repo, plan.source_digest, options.verify
+            )
         if not isinstance(plan, Plan):
             report.outcome = plan.outcome
             _pin(report, dst, plan.destination_digest)
@@ -94,7 +104,9 @@ class Copier:
         _pin(report, dst, plan.root.digest)
         if options.referrers and not plan.same_repository:
             filtered = plan.root.digest != plan.source_digest
-            await add_referrers(source_repo, plan, skip={plan.root.digest} if filtered else set())
+            skip = {plan.root.digest} if filtered else set()
+            await add_referrers(source_repo, plan, skip=skip)
+            await add_attachments(source_repo, plan, skip=skip)
 
         limits = Limits(
             mounts=asyncio.Semaphore(max(1, options.mount_concurrency)),

@@ -22,9 +22,10 @@ from ..oci.blobs import BlobOutcome, BlobPlacement, Limits, UploadOptions, ensur
 from ..oci.descriptor import Descriptor, Manifest
 from ..oci.referrers import push_manifest, push_referrers
 from ..oci.repository import RepositoryClient
+from .attachments import is_merged, merge_layers
 from .mounts import MountRoute, MountStrategy
 from .options import ProgressListener
-from .plan import Node, Plan
+from .plan import Attachment, Node, Plan
 from .report import CopyReport
 from .tasks import first_failure, gather_all
 
@@ -41,6 +42,10 @@ class Destination(Protocol):
     async def push_manifest(self, reference: str, manifest: Manifest) -> None: ...
 
     async def push_referrers(self, items: Sequence[tuple[Manifest, str]]) -> None: ...
+
+    async def tag_digest(self, tag: str) -> str | None: ...
+
+    async def read_manifest(self, tag: str) -> Manifest | None: ...
 
 
 class RegistryDestination:
@@ -83,6 +88,13 @@ class RegistryDestination:
     async def push_referrers(self, items: Sequence[tuple[Manifest, str]]) -> None:
         await push_referrers(self.repo, items)
 
+    async def tag_digest(self, tag: str) -> str | None:
+        info = await self.repo.head_manifest(tag)
+        return None if info is None else (info.digest or "")
+
+    async def read_manifest(self, tag: str) -> Manifest | None:
+        return await self.repo.get_manifest(tag, missing_ok=True)
+
 
 @dataclass
 class DryRunDestination:
@@ -112,6 +124,13 @@ class DryRunDestination:
 
     async def push_referrers(self, items: Sequence[tuple[Manifest, str]]) -> None:
         self.pushed.extend(manifest.digest for manifest, _ in items)
+
+    async def tag_digest(self, tag: str) -> str | None:
+        info = await self.repo.head_manifest(tag)
+        return None if info is None else (info.digest or "")
+
+    async def read_manifest(self, tag: str) -> Manifest | None:
+        return await self.repo.get_manifest(tag, missing_ok=True)
 
 
 class Executor:
@@ -143,9 +162,11 @@ class Executor:
         report.manifests_copied += 1
         for tag in tags[1:]:
             await self.destination.push_manifest(tag, plan.root)
-        report.referrers = len(plan.referrers)
+        report.referrers = len(plan.referrers) + len(plan.attachments)
         if plan.referrers:
             await self._push_referrers(plan.referrers)
+        if plan.attachments:
+            await self._push_attachments(plan.attachments)
 
     async def _push_referrers(self, referrers: list[Node]) -> None:
         await self._in_group(*(self._complete(node.manifest) for node in referrers))
@@ -156,6 +177,24 @@ class Executor:
         self.report.manifests_existing += len(referrers) - len(missing)
         await self.destination.push_referrers([(n.manifest, _subject(n)) for n in missing])
         self.report.manifests_copied += len(missing)
+
+    async def _push_attachments(self, attachments: list[Attachment]) -> None:
+        """Cosign tag attachments, after every blob they name (``copy.attachments``)."""
+        await self._in_group(*(self._complete(a.manifest) for a in attachments))
+        current = await gather_all(*(self.destination.tag_digest(a.tag) for a in attachments))
+        for attachment, there in zip(attachments, current, strict=True):
+            manifest: Manifest | None = attachment.manifest
+            if there == attachment.manifest.digest:
+                manifest = None
+            elif there is not None and is_merged(attachment.tag):
+                held = await self.destination.read_manifest(attachment.tag)
+                if held is not None and not held.is_index:
+                    manifest = merge_layers(held, attachment.manifest)
+            if manifest is None:
+                self.report.manifests_existing += 1
+                continue
+            await self.destination.push_manifest(attachment.tag, manifest)
+            self.report.manifests_copied += 1
 
     # -- the pipelined walk -----------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from typing import Protocol
 from ..oci.blobs import BlobOutcome
 from ..oci.descriptor import Descriptor
 from ..oci.reference import Platform
+from .verify import VerifyPolicy
 
 __all__ = ["BlobOutcome", "CopyOptions", "ProgressListener", "TagPolicy"]
 
@@ -51,3 +52,5 @@ class CopyOptions:
     #: transport, so the whole transfer is retried, paid from the copy's retry budget).
     blob_attempts: int = 3
     progress: ProgressListener | None = None
+    #: Refuse to copy unless the source is signed by one of these keys (``copy.verify``).
+    verify: VerifyPolicy | None = None

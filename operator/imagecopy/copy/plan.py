@@ -22,7 +22,15 @@ from .options import CopyOptions, TagPolicy
 from .platforms import filter_platforms
 from .report import Outcome
 
-__all__ = ["Node", "Plan", "Settled", "destination_reference", "fetch_child", "make_plan"]
+__all__ = [
+    "Attachment",
+    "Node",
+    "Plan",
+    "Settled",
+    "destination_reference",
+    "fetch_child",
+    "make_plan",
+]
 
 
 @dataclass
@@ -31,6 +39,15 @@ class Node:
 
     manifest: Manifest
     referrer_of: str | None = None
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A cosign tag attachment (``sha256-<hex>.sig``, ``.att``, ``.sbom``) of a node."""
+
+    tag: str
+    subject: str
+    manifest: Manifest
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,8 @@ class Plan:
     referrers: list[Node] = field(default_factory=list)
     #: Unique blobs of every node (foreign layers excluded: they live at their urls).
     blobs: dict[str, Descriptor] = field(default_factory=dict)
+    #: Cosign tag attachments of the nodes (``copy.attachments``), pushed by tag last.
+    attachments: list[Attachment] = field(default_factory=list)
 
     @property
     def same_repository(self) -> bool:
@@ -77,6 +96,12 @@ class Plan:
             if not blob.foreign:
                 self.blobs.setdefault(blob.digest, blob)
         return node
+
+    def attach(self, attachment: Attachment) -> None:
+        self.attachments.append(attachment)
+        for blob in attachment.manifest.blobs:
+            if not blob.foreign:
+                self.blobs.setdefault(blob.digest, blob)
 
 
 def destination_reference(source: Reference, destination: Reference) -> Reference:

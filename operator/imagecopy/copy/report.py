@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from ..oci.blobs import BlobOutcome
+from .verify import Verification
 
 __all__ = ["CopyReport", "Outcome", "human_bytes"]
 
@@ -51,6 +52,8 @@ class CopyReport:
     duration_seconds: float = 0.0
     dry_run: bool = False
     tags: list[str] = field(default_factory=list)
+    #: The verification gate's verdict (``verify`` asked); None when not asked.
+    verification: Verification | None = None
     start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def count_blob(self, size: int, outcome: BlobOutcome) -> None:
@@ -80,6 +83,12 @@ class CopyReport:
 
     def summary(self) -> str:
         """One human sentence, used as the Ready message and the CLI's last line."""
+        text = self._summary()
+        if self.verification is not None:
+            text += f"; {self.verification.summary()}"
+        return text
+
+    def _summary(self) -> str:
         if self.outcome is Outcome.UP_TO_DATE:
             return f"{self.destination} is up to date at {self.destination_digest}"
         if self.outcome is Outcome.TAG_EXISTS:
@@ -133,4 +142,5 @@ class CopyReport:
             "requests": self.requests,
             "durationSeconds": last["durationSeconds"],
             "dryRun": self.dry_run,
+            "verification": self.verification.to_json() if self.verification else None,
         }

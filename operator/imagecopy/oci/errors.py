@@ -10,6 +10,7 @@ readable sentence and never carry a credential.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 __all__ = [
@@ -28,6 +29,9 @@ __all__ = [
     "SecretInvalid",
     "SecretNotFound",
     "Side",
+    "SignatureError",
+    "SignatureInvalid",
+    "SignatureMissing",
     "TLSError",
     "TagConflict",
     "Unauthorized",
@@ -70,6 +74,28 @@ class SecretNotFound(ImageCopyError):
 
 class SecretInvalid(ImageCopyError):
     label = "secret invalid"
+
+
+class SignatureError(ImageCopyError):
+    """The verification gate refused the source; ``verdict`` is what it found (the
+    ``status.verification`` object, ``verified: false``)."""
+
+    def __init__(self, message: str, *, verdict: Mapping[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.verdict = dict(verdict) if verdict is not None else None
+
+
+class SignatureMissing(SignatureError):
+    """``verify`` asked for a signature and the source has none (yet): signing often
+    follows the push by seconds, so this is retried."""
+
+    label = "signature missing"
+
+
+class SignatureInvalid(SignatureError):
+    """The source has signatures, and none verifies with a trusted key for its digest."""
+
+    label = "signature invalid"
 
 
 class RegistryNotAllowed(ImageCopyError):
