@@ -10,6 +10,7 @@ credentials, request counter and retry budget to the pool and hands out
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextvars import ContextVar
@@ -103,7 +104,8 @@ class RegistryPool:
         self.http = httpx.AsyncClient(
             transport=self._stack(network),
             timeout=httpx.Timeout(self.settings.timeout, connect=min(10.0, self.settings.timeout)),
-            headers={"User-Agent": USER_AGENT},
+            # identity: a compressed answer could inflate past any read bound (oci.bounds).
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             follow_redirects=False,
         )
         #: Auth challenges seen per registry (not secret), shared by every session.
@@ -207,8 +209,20 @@ class Session:
             _CURRENT.reset(entered)
 
     def repository(
-        self, ref: Reference, side: Side, scopes: Sequence[str] | None = None
+        self,
+        ref: Reference,
+        side: Side,
+        scopes: Sequence[str] | None = None,
+        *,
+        manifest_slots: asyncio.Semaphore | None = None,
     ) -> RepositoryClient:
         """A client for ``ref``'s repository. ``scopes`` (built with ``Repository.scope``)
-        are what its token asks for; default: pull on the repository itself."""
-        return RepositoryClient(self, ref.repo, side, tuple(scopes or (ref.scope("pull"),)))
+        are what its token asks for; default: pull on the repository itself.
+        ``manifest_slots`` bounds its manifest requests in flight (shared across clients)."""
+        return RepositoryClient(
+            self,
+            ref.repo,
+            side,
+            tuple(scopes or (ref.scope("pull"),)),
+            manifest_slots=manifest_slots,
+        )
