@@ -275,7 +275,11 @@ class ImageCopyService:
         async with self._copy_slots.slot(ref.namespace):
             # The clocks start with the slot: waiting for one is not the copy's fault.
             watchdog = CopyWatchdog(self.settings.copy_timeout, self.settings.stall_timeout)
-            options = replace(spec.copy_options(self.settings.blob_concurrency), progress=watchdog)
+            options = replace(
+                spec.copy_options(self.settings.blob_concurrency),
+                progress=watchdog,
+                bounds=self.settings.bounds,
+            )
             return await watchdog.run(
                 self.copier.copy(spec.source, spec.destination, options, credentials)
             )

@@ -36,6 +36,7 @@ __all__ = [
     "Bounds",
     "json_depth_exceeds",
     "load_json",
+    "parse_size",
     "read_bounded",
 ]
 
@@ -54,6 +55,9 @@ MAX_REFERRERS_BODY_BYTES = 4 * 1024 * 1024
 MAX_RESPONSE_HEADER_BYTES = 100 * 1024
 
 MIB = 1024 * 1024
+
+_SIZE = re.compile(r"([0-9]{1,15})(KiB|MiB|GiB)?")
+_SIZE_UNITS = {None: 1, "KiB": 1024, "MiB": MIB, "GiB": 1024 * MIB}
 
 # A JSON string (escapes included, unterminated ones left to json.loads) or a bracket.
 _JSON_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
@@ -87,6 +91,15 @@ class Bounds:
             value = getattr(self, f.name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Bounds.{f.name} must be a whole number of at least 1")
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``16777216``, ``64KiB``, ``16MiB`` or ``1GiB``; ``ValueError`` for anything
+    else (no decimal units, no fractions, no spaces inside)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a size like 16777216, 64KiB, 16MiB or 1GiB")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 
 class BodyTooLarge(Exception):
