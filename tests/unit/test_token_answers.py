@@ -142,7 +142,8 @@ async def test_a_huge_token_answer_is_refused_after_64_kib(
     tokens.length = length
     # Unauthorized (Stalled), as the e2e suite expects of a huge token body.
     with pytest.raises(
-        Unauthorized, match=r"the token service at http://127\.0\.0\.1:\d+ answered more than 64 KiB"
+        Unauthorized,
+        match=r"the token service at http://127\.0\.0\.1:\d+ answered more than 64 KiB",
     ):
         await fetch(tokens)
     assert tokens.done.wait(10)
