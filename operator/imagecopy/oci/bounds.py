@@ -7,6 +7,9 @@ owns the numbers and the two pure tools that enforce the read bounds:
 - ``read_bounded`` reads a streamed answer incrementally and stops as soon as it passes its
   limit (``Content-Length`` is checked first, before any byte is read); a compressed body is
   inflated in bounded steps, so a "gzip bomb" cannot expand past the limit either.
+- ``RedirectBodyLimit`` (a transport layer) reads at most ``MAX_ERROR_BODY_BYTES`` of a
+  redirect's body, and hands none of it on: httpx reads a redirect hop's body whole before
+  following it, and it is never used.
 - ``load_json`` refuses JSON nested deeper than ``MAX_JSON_DEPTH`` *before* ``json.loads``
   could raise ``RecursionError`` (one linear scan over the brackets outside strings), and
   turns every JSON failure into the caller's typed error.
@@ -34,6 +37,7 @@ __all__ = [
     "MAX_RESPONSE_HEADER_BYTES",
     "BodyTooLarge",
     "Bounds",
+    "RedirectBodyLimit",
     "json_depth_exceeds",
     "load_json",
     "parse_size",
@@ -111,6 +115,45 @@ class BodyTooLarge(Exception):
         self.seen = seen
         #: True when ``Content-Length`` said so before anything was read.
         self.announced = announced
+
+
+class _DiscardedBody(httpx.AsyncByteStream):
+    """A body read up to ``limit`` bytes and dropped: nothing is handed on (so nothing is
+    inflated either); past the limit the rest is left unread and the connection dropped."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self._inner:
+            seen += len(chunk)
+            if seen > self._limit:
+                break
+        return
+        yield b""  # pragma: no cover (makes this an async generator that yields nothing)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class RedirectBodyLimit(httpx.AsyncBaseTransport):
+    """Bounds what a redirect answer costs: its body is read up to ``limit`` bytes (64 KiB)
+    and discarded, so a 3xx with an endless body cannot make httpx read it whole."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, limit: int = MAX_ERROR_BODY_BYTES):
+        self.inner = inner
+        self.limit = limit
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if 300 <= response.status_code < 400 and isinstance(response.stream, httpx.AsyncByteStream):
+            response.stream = _DiscardedBody(response.stream, self.limit)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 def _content_length(response: httpx.Response) -> int | None:

@@ -18,6 +18,7 @@ from contextvars import ContextVar
 import httpx
 
 from .auth import SCOPES, ChallengeCache, RegistryAuth, TokenCache
+from .bounds import RedirectBodyLimit
 from .connections import PoolTransport
 from .credentials import CredentialStore
 from .egress import EgressTransport
@@ -115,7 +116,9 @@ class RegistryPool:
 
     def _stack(self, network: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
         return RetryTransport(
-            CountingTransport(EgressTransport(network, self.settings.egress), _stats_for),
+            CountingTransport(
+                EgressTransport(RedirectBodyLimit(network), self.settings.egress), _stats_for
+            ),
             self.settings.retry,
             find_budget=_budget_for,
         )
