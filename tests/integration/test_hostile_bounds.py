@@ -199,7 +199,7 @@ async def test_a_wide_index_over_the_children_limit_fetches_no_child(hostile: Fa
 async def test_a_wide_index_within_a_raised_limit_keeps_16_manifest_requests_in_flight(
     hostile: Factory,
 ) -> None:
-    # The operator's pool holds 64 connections (2 × 8 streams × 4 copies): only the
+    # The operator's pool holds 64 connections (2 x 8 streams x 4 copies): only the
     # manifest semaphore keeps the walk from using them all.
     reg = hostile(BEHAVIOURS["wide-index"].with_(delay_ms=50))
     options = CopyOptions(bounds=Bounds(max_index_children=1000))
