@@ -43,8 +43,8 @@ from imagecopy.oci.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from imagecopy.oci.reference import Registry
-from imagecopy.oci.referrers import Referrers
+from imagecopy.oci.reference import Registry, is_tag
+from imagecopy.oci.referrers import Referrers, referrers_tag
 from tests.unit.test_plan import FakeRepository, image, index, plan_for
 
 MIB = 1024 * 1024
@@ -426,3 +426,9 @@ def test_a_docker_config_nested_too_deep_is_secret_invalid() -> None:
 def test_copy_options_carry_the_bounds_and_the_manifest_concurrency() -> None:
     options = CopyOptions()
     assert options.bounds == Bounds() and options.manifest_concurrency == 16
+
+
+def test_the_referrers_tag_of_any_digest_is_a_valid_tag() -> None:
+    assert referrers_tag(f"sha256:{HEX}") == f"sha256-{HEX}"
+    tag = referrers_tag("sha512:" + "d" * 128)
+    assert tag == "sha512-" + "d" * 64 and is_tag(tag)
