@@ -22,6 +22,7 @@ from imagecopy.oci.errors import (
     ImageCopyError,
     LimitExceeded,
     RegistryError,
+    RegistryNotAllowed,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -227,3 +228,14 @@ async def test_a_traversal_digest_is_refused_before_any_request(
         ("HEAD", "/v2/mirror/copy/manifests/1"),
         ("GET", SOURCE_MANIFEST),
     ]
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_a_redirect_to_a_host_with_invalid_punycode_is_refused_typed(
+    hostile: Factory, scheme: str
+) -> None:
+    reg = hostile(Behaviour(redirect_to=f"{scheme}://xn--a.example{{path}}"))
+    error, failure = await failed_copy(reg)
+    assert isinstance(error, RegistryNotAllowed)
+    assert "not a valid internationalised host name" in str(error)
+    assert failure.reason == "RegistryNotAllowed" and failure.stalled

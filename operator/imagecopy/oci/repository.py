@@ -39,6 +39,7 @@ from .errors import (
     PushRejected,
     RateLimited,
     RegistryError,
+    RegistryNotAllowed,
     RegistryUnreachable,
     Side,
     TLSError,
@@ -262,6 +263,13 @@ class RepositoryClient:
                 RegistryUnreachable,
                 operation,
                 f"connection to {self.registry} failed: {_short(exc)}",
+            ) from None
+        except UnicodeError:
+            # idna's error for a punycode host (``xn--…``) that does not decode: a redirect
+            # or upload Location naming a host no connection can be made to.
+            raise RegistryNotAllowed(
+                f"{self.registry} sent a URL whose host is not a valid internationalised host "
+                "name; refusing to contact it"
             ) from None
         except httpx.ConnectError as exc:
             if _is_tls_error(exc):
