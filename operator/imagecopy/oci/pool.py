@@ -1,8 +1,8 @@
 """The process-wide registry pool and the per-copy session.
 
 `RegistryPool` owns what outlives one copy: the HTTP connection pool, the transport stack
-(retries, request counting, the egress rule, TLS per host, the network guard in the
-connection layer), and the auth caches (challenges
+(retries, request counting, the egress rule, the bound on redirect bodies, TLS per host, the
+network guard in the connection layer), and the auth caches (challenges
 per registry, bearer tokens per registry *and credential*). A `Session` binds one copy's
 credentials, request counter and retry budget to the pool and hands out
 `RepositoryClient`s (``oci.repository``).
