@@ -67,7 +67,8 @@ Behaviour fields (:class:`Behaviour`; :data:`BEHAVIOURS` names presets of them)
 - ``huge_bytes`` (64 MiB) and ``huge_framing`` — ``chunked`` (no ``Content-Length``: the
   client learns the size only by reading) or ``length`` (announced up front).
 - ``redirect_to`` / ``redirect_method`` / ``redirect_path`` — a 307 to this URL template for
-  matching requests on the main listener (default: blob GETs). ``http://169.254.169.254/…``,
+  matching requests on the main listener (default: blob GETs); ``redirect_body`` ``huge``
+  gives the 307 a ``huge_bytes`` body (``normal``: none). ``http://169.254.169.254/…``,
   ``http://[::ffff:169.254.169.254]/…`` and ``http://[64:ff9b::a9fe:a9fe]/…`` are the blocked
   targets; ``{other}{path}`` is a CDN that really serves the blob.
 - ``upload_location`` — the ``Location`` of every upload session opened (POST, mount POSTs
@@ -77,7 +78,9 @@ Behaviour fields (:class:`Behaviour`; :data:`BEHAVIOURS` names presets of them)
 - ``upload_status`` — every POST/PATCH/PUT under ``/blobs/uploads/`` answers this (e.g. 502).
 - ``header_bytes`` — every answer carries an ``X-Hostile-Padding`` header this long.
 - ``delay_ms`` — sleep this long before answering any ``/v2/`` request on the main listener, so
-  concurrency is observable (:attr:`HostileRegistry.peak_in_flight`).
+  concurrency is observable (:attr:`HostileRegistry.peak_in_flight`, and per kind of request —
+  ``manifests``, ``blobs``, ``uploads``, ``referrers``, ``token``, ``other`` — in
+  :attr:`HostileRegistry.peak_in_flight_by`).
 
 Records
 -------
@@ -131,6 +134,7 @@ __all__ = [
     "RequestRecord",
     "fingerprint",
     "main",
+    "request_kind",
 ]
 
 SOURCE_REPOSITORY = "hostile/source"
@@ -155,6 +159,22 @@ BLOCKED_TARGETS = (
 ManifestKind = Literal["image", "endless-index", "wide-index", "deep-json", "traversal-digest"]
 BodyKind = Literal["normal", "huge", "deep", "overflow"]
 _REDACTED_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def request_kind(path: str) -> str:
+    """What a request path is for: ``manifests``, ``uploads``, ``blobs``, ``referrers``,
+    ``token`` or ``other`` (the keys of :attr:`HostileRegistry.peak_in_flight_by`)."""
+    if path == "/token":
+        return "token"
+    for kind, pattern in (
+        ("manifests", _MANIFEST),
+        ("uploads", _UPLOAD),
+        ("referrers", _REFERRERS),
+        ("blobs", _BLOB),
+    ):
+        if pattern.match(path):
+            return kind
+    return "other"
 
 
 def fingerprint(value: str) -> str:
@@ -191,6 +211,7 @@ class Behaviour:
     redirect_to: str | None = None
     redirect_method: str | None = "GET"
     redirect_path: str = r"/blobs/sha256:[0-9a-f]{64}$"
+    redirect_body: BodyKind = "normal"
     upload_location: str | None = None
     upload_status: int | None = None
     header_bytes: int = 0
@@ -298,6 +319,13 @@ BEHAVIOURS: dict[str, Behaviour] = {
         ),
         Behaviour("upload-502", "every upload request answers 502", upload_status=502),
         Behaviour("huge-headers", "every answer has a 1 MiB header", header_bytes=MIB),
+        Behaviour(
+            "huge-redirect",
+            "blob requests redirect to another host that serves them, with a 64 MiB body",
+            redirect_to="{other}{path}",
+            redirect_method=None,
+            redirect_body="huge",
+        ),
     )
 }
 
@@ -598,8 +626,11 @@ class HostileRegistry:
         self._stores: dict[str, _Store] = {}
         self._uploads: dict[str, _Upload] = {}
         self._in_flight = 0
+        self._in_flight_by: dict[str, int] = {}
         self._tokens = 0
         self.peak_in_flight = 0
+        #: The peak of requests in flight at once, by kind (:func:`request_kind`).
+        self.peak_in_flight_by: dict[str, int] = {}
         self.on_record: Callable[[RequestRecord], None] | None = None
         private = self._store(PRIVATE_REPOSITORY)
         private.blobs[self.content.private_blob_digest] = self.content.private_blob
@@ -721,6 +752,7 @@ class HostileRegistry:
         with self._lock:
             self._records.clear()
             self.peak_in_flight = self._in_flight
+            self.peak_in_flight_by = dict(self._in_flight_by)
 
     @property
     def open_uploads(self) -> int:
@@ -758,11 +790,15 @@ class HostileRegistry:
             self._records.append(record)
             self._in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+            kind = request_kind(record.path)
+            now = self._in_flight_by[kind] = self._in_flight_by.get(kind, 0) + 1
+            self.peak_in_flight_by[kind] = max(self.peak_in_flight_by.get(kind, 0), now)
         return record
 
     def _end(self, record: RequestRecord) -> None:
         with self._lock:
             self._in_flight -= 1
+            self._in_flight_by[request_kind(record.path)] -= 1
             record.finished = True
             record.duration = time.time() - record.started
         if self.on_record is not None:
@@ -810,6 +846,10 @@ class HostileRegistry:
             and re.search(b.redirect_path, path)
         ):
             location = self.expand(b.redirect_to, path=path)
+            if b.redirect_body == "huge":
+                answer = self._huge(307, b"<html>", b"</html>")
+                answer.headers.append(("Location", location))
+                return answer
             return _Answer(307, [("Location", location), ("Content-Length", "0")])
         if path in ("/v2", "/v2/"):
             return _answer_json(200, b"{}", ("Docker-Distribution-API-Version", "registry/2.0"))
@@ -1058,6 +1098,12 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 would make a client's parallel connections wait
+    # for SYN retries, hiding the concurrency a test means to observe.
+    request_queue_size = 128
+
+
 class _Listener:
     def __init__(
         self,
@@ -1068,7 +1114,7 @@ class _Listener:
         context: ssl.SSLContext | None,
     ) -> None:
         handler = type("Handler", (_Handler,), {"owner": owner, "listener": name})
-        self.server = ThreadingHTTPServer((address, port), handler)
+        self.server = _Server((address, port), handler)
         self.server.daemon_threads = True
         if context is not None:
             self.server.socket = context.wrap_socket(self.server.socket, server_side=True)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .copy.report import CopyReport
     from .copy.verify import VerifyPolicy
     from .oci.blobs import BlobOutcome
+    from .oci.bounds import Bounds
     from .oci.credentials import CredentialStore
     from .oci.descriptor import Descriptor
     from .oci.errors import ImageCopyError
@@ -48,6 +49,40 @@ EXIT_SIGNALLED = 128
 _INTERNAL_MESSAGE_LIMIT = 200
 
 T = TypeVar("T")
+
+
+#: ``(flag, metavar, help)`` of the graph limits; each maps to the ``Bounds`` field named
+#: like the flag (``--max-index-children`` → ``max_index_children``).
+_LIMIT_FLAGS = (
+    ("--max-index-children", "N", "child manifests one index may list (default 256)"),
+    ("--max-index-depth", "N", "levels of manifests below the root (default 8)"),
+    ("--max-manifests", "N", "manifests per copy: root, children, referrers (default 1024)"),
+    ("--max-manifest-bytes", "SIZE", "bytes of all manifests of a copy, e.g. 16MiB (default)"),
+    ("--max-blobs", "N", "distinct blobs per copy (default 10000)"),
+    ("--max-referrers", "N", "referrers of one manifest (default 256)"),
+)
+
+
+def _bounds(args: argparse.Namespace) -> Bounds:
+    """The ``Bounds`` the limit flags ask for; ``InvalidSpec`` for a value that is not one."""
+    from .oci.bounds import Bounds, parse_size
+    from .oci.errors import InvalidSpec
+
+    values: dict[str, int] = {}
+    for flag, _metavar, _help in _LIMIT_FLAGS:
+        name = flag[2:].replace("-", "_")
+        raw = getattr(args, name)
+        if raw is None:
+            continue
+        try:
+            value = parse_size(raw) if name == "max_manifest_bytes" else int(raw.strip())
+        except ValueError:
+            what = "a size like 16MiB" if name == "max_manifest_bytes" else "a whole number"
+            raise InvalidSpec(f"{flag} {raw!r} is not {what}") from None
+        if value < 1:
+            raise InvalidSpec(f"{flag} must be at least 1")
+        values[name] = value
+    return Bounds(**values)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -123,6 +158,11 @@ def _parser() -> argparse.ArgumentParser:
             "its signature is missing or invalid (repeatable: any key may match)"
         ),
     )
+    limits = cp.add_argument_group(
+        "limits", "bounds on the image graph a registry may send (docs/reference.md §4)"
+    )
+    for flag, metavar, help_text in _LIMIT_FLAGS:
+        limits.add_argument(flag, metavar=metavar, help=help_text)
     cp.add_argument("--ca-file", metavar="PEM", help="extra CA bundle to trust")
     cp.add_argument("--docker-config", metavar="PATH", help="docker config.json with credentials")
     cp.add_argument("--dry-run", action="store_true", help="plan and count; write nothing")
@@ -252,6 +292,7 @@ def _copy(args: argparse.Namespace) -> int:
             HostList.parse(hosts)
         except ValueError as exc:
             raise InvalidSpec(f"{flag}: {exc}") from None
+    bounds = _bounds(args)
     credentials = CredentialStore.load(args.docker_config)
     verify = _verify_policy(args.verify_key)
 
@@ -265,6 +306,7 @@ def _copy(args: argparse.Namespace) -> int:
             mount=not args.no_mount,
             mount_from=tuple(args.mount_from),
             concurrency=args.concurrency,
+            bounds=bounds,
             dry_run=args.dry_run,
             progress=renderer,
             verify=verify,

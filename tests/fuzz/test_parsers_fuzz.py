@@ -11,8 +11,7 @@ Where a parse succeeds, a second property checks that what it produced is safe t
 parsed digest, reference or descriptor can be pasted into a URL path without leaving its
 repository, and a token's lifetime is a finite number of seconds.
 
-Properties marked ``xfail(strict=False)`` pin issue-10 defects fixed on other branches; the
-lead removes the marks after merging them.
+Every property holds (the issue-10 defects they pinned are fixed).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imagecopy.oci.auth.challenge import Challenge, checked_realm, parse_www_authenticate
@@ -34,27 +33,13 @@ from imagecopy.oci.auth.flow import RegistryAuth
 from imagecopy.oci.auth.tokens import ChallengeCache, Token, TokenCache
 from imagecopy.oci.credentials import Credential, CredentialStore
 from imagecopy.oci.descriptor import Descriptor, parse_manifest
+from imagecopy.oci.egress import HostList
 from imagecopy.oci.errors import ImageCopyError
 from imagecopy.oci.reference import Reference, Registry, parse_digest, parse_platform
 from imagecopy.oci.repository import registry_error_codes
 from imagecopy.oci.retry import Backoff
 
 pytestmark = pytest.mark.fuzz
-
-BOUNDS = "issue 10: fixed on branch bounds"
-
-
-def known_defect(reason: str, **options: Any) -> Any:
-    """``xfail(strict=False)`` for a property an issue-10 branch makes hold, run without
-    shrinking (a failure is expected until then: shrinking it would only cost time).
-    ``options`` are more hypothesis settings."""
-
-    def mark(fn: Any) -> Any:
-        fn = settings(phases=[Phase.explicit, Phase.generate], **options)(fn)
-        return pytest.mark.xfail(strict=False, reason=reason)(fn)
-
-    return mark
-
 
 # --------------------------------------------------------------------------- strategies
 
@@ -312,16 +297,14 @@ def test_registry_parse_returns_or_raises_a_typed_error(text: str) -> None:
         assert registry.port is None or 0 < registry.port < 65536
 
 
-@known_defect(
-    "not owned by an issue-10 branch yet: Registry.parse accepts IPv6 literals such as "
-    "'[::::]' that no URL parser accepts (found by this suite)",
-)
 @given(st.one_of(hosts, any_text))
 def test_a_parsed_registry_makes_a_valid_url(text: str) -> None:
     registry = _typed_or_returns(Registry.parse, text)
     if registry is not None:
         url = httpx.URL(registry.origin("https") + "/v2/")
-        assert url.host == registry.hostname.lower()
+        # the host as sent (``url.host`` shows punycode decoded, and must not raise)
+        assert url.raw_host.decode("ascii") == registry.hostname.lower()
+        assert url.host
 
 
 @given(st.one_of(st.from_regex(r"[a-zA-Z0-9._-]{0,12}(/[a-zA-Z0-9._-]{0,12}){0,3}"), any_text))
@@ -339,7 +322,6 @@ def test_descriptor_from_json_returns_or_raises_a_typed_error(obj: Any) -> None:
     _typed_or_returns(Descriptor.from_json, obj, "fuzz")
 
 
-@known_defect(f"{BOUNDS} (descriptor digests validated before any URL)")
 @given(descriptors)
 def test_a_parsed_descriptor_digest_is_safe_in_a_url(obj: Any) -> None:
     descriptor = _typed_or_returns(Descriptor.from_json, obj, "fuzz")
@@ -358,7 +340,6 @@ def test_parse_manifest_of_arbitrary_bytes_is_typed(data: bytes, media_type: str
     _typed_or_returns(parse_manifest, data, media_type, "fuzz")
 
 
-@known_defect(f"{BOUNDS} (descriptor digests validated before any URL)")
 @given(manifest_documents())
 def test_every_digest_a_parsed_manifest_names_is_safe_in_a_url(doc: Any) -> None:
     manifest = _typed_or_returns(parse_manifest, json.dumps(doc).encode(), None, "fuzz")
@@ -370,7 +351,7 @@ def test_every_digest_a_parsed_manifest_names_is_safe_in_a_url(doc: Any) -> None
             _assert_url_safe_digest(descriptor.digest)
 
 
-@known_defect(f"{BOUNDS} (RecursionError on deep JSON)", max_examples=12)
+@settings(max_examples=12)
 @given(deep_json)
 def test_parse_manifest_of_deeply_nested_json_is_typed(deep: Deep) -> None:
     _typed_or_returns(parse_manifest, deep.text.encode(), None, "fuzz")
@@ -448,23 +429,22 @@ realms = st.one_of(
 )
 
 
-@known_defect(
-    "not owned by an issue-10 branch yet: a realm such as '//XN--' raises idna.IDNAError, "
-    "not Unauthorized (found by this suite)"
-)
 @given(realms, st.sampled_from(["http", "https"]), st.booleans())
 def test_checked_realm_returns_or_refuses_with_unauthorized(
     realm: str, scheme: str, allow_insecure: bool
 ) -> None:
     challenge = Challenge("bearer", {"realm": realm, "service": "s"})
     registry = Registry.parse("reg.example")
+    # ``allow_insecure``: the registry's own host is configured for plain HTTP.
+    plain_http = HostList.parse(["reg.example"]) if allow_insecure else None
     checked = _typed_or_returns(
-        checked_realm, challenge, registry, scheme=scheme, allow_insecure=allow_insecure
+        checked_realm, challenge, registry, scheme=scheme, plain_http=plain_http
     )
     if checked is not None:
         url = httpx.URL(checked.realm or "")
         assert url.scheme in ("http", "https")
-        assert url.scheme == "https" or allow_insecure or url.host == registry.hostname
+        # a plain-HTTP realm only on a host configured for plain HTTP
+        assert url.scheme == "https" or (allow_insecure and url.host == registry.hostname)
 
 
 token_answers = st.fixed_dictionaries(
@@ -534,7 +514,7 @@ def test_registry_error_codes_of_any_error_body(status: int, data: bytes) -> Non
     assert all(len(code) <= 64 and len(message) <= 200 for code, message in pairs)
 
 
-@known_defect(f"{BOUNDS} (RecursionError on deep JSON)", max_examples=12)
+@settings(max_examples=12)
 @given(deep_json)
 def test_registry_error_codes_of_a_deeply_nested_body(deep: Deep) -> None:
     registry_error_codes(httpx.Response(500, content=deep.text.encode()))
@@ -607,7 +587,7 @@ def test_from_docker_config_of_arbitrary_bytes_is_typed(data: bytes) -> None:
     _typed_or_returns(CredentialStore.from_docker_config, data)
 
 
-@known_defect(f"{BOUNDS} (RecursionError on deep JSON)", max_examples=12)
+@settings(max_examples=12)
 @given(deep_json)
 def test_from_docker_config_of_deeply_nested_json_is_typed(deep: Deep) -> None:
     _typed_or_returns(CredentialStore.from_docker_config, deep.text)

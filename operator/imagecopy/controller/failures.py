@@ -17,6 +17,7 @@ from ..oci.errors import (
     ImageCopyError,
     InvalidReference,
     InvalidSpec,
+    LimitExceeded,
     ManifestTooLarge,
     NotFound,
     PushRejected,
@@ -114,6 +115,9 @@ RULES: tuple[FailureRule, ...] = (
     FailureRule(DigestMismatch, "DigestMismatch", _STALLED),
     FailureRule(UnsupportedMediaType, "UnsupportedMediaType", _STALLED),
     FailureRule(ManifestTooLarge, "ManifestTooLarge", _STALLED),
+    # A bound of docs/reference.md §4 ("Verification and limits"): the image (or the limit)
+    # has to change.
+    FailureRule(LimitExceeded, "LimitExceeded", _STALLED),
     # An answer the client cannot use (no token, an unexpected 4xx on a read), and any
     # other error raised on purpose: the operator's problem, tried again.
     FailureRule(RegistryError, "InternalError", _TRANSIENT),

@@ -286,6 +286,7 @@ class ImageCopyService:
                 spec.copy_options(self.settings.blob_concurrency),
                 progress=watchdog,
                 verify=policy,
+                bounds=self.settings.bounds,
             )
             return await watchdog.run(
                 self.copier.copy(spec.source, spec.destination, options, credentials)

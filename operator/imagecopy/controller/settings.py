@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..oci.bounds import Bounds, parse_size
 from ..oci.egress import HostList, canonical_host
 from ..oci.errors import InvalidReference
 from ..oci.netguard import DEFAULT_BLOCKED_NETWORKS, parse_blocked_networks
@@ -193,6 +194,8 @@ class Settings:
     #: Copy slots one namespace may hold; None: one less than ``max_concurrent_copies``
     #: (at least 1), so one slot is always left for the other namespaces.
     max_copies_per_namespace: int | None = None
+    #: The image-graph limits of every copy (``IMAGECOPY_MAX_INDEX_CHILDREN`` …).
+    bounds: Bounds = field(default_factory=Bounds)
 
     @property
     def namespace_copy_slots(self) -> int:
@@ -268,8 +271,33 @@ class Settings:
             )
         except ValueError as exc:
             raise SettingsError(f"IMAGECOPY_BLOCKED_NETWORKS: {exc}") from None
+
+        def size(name: str, default: int) -> int:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = parse_size(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{name}: {exc}") from None
+            if value < 1:
+                raise SettingsError(f"{name}={raw!r} must be at least 1 byte")
+            return value
+
+        limits = Bounds()
+        bounds = Bounds(
+            max_index_children=integer(
+                "IMAGECOPY_MAX_INDEX_CHILDREN", limits.max_index_children, 1
+            ),
+            max_index_depth=integer("IMAGECOPY_MAX_INDEX_DEPTH", limits.max_index_depth, 1),
+            max_manifests=integer("IMAGECOPY_MAX_MANIFESTS", limits.max_manifests, 1),
+            max_manifest_bytes=size("IMAGECOPY_MAX_MANIFEST_BYTES", limits.max_manifest_bytes),
+            max_blobs=integer("IMAGECOPY_MAX_BLOBS", limits.max_blobs, 1),
+            max_referrers=integer("IMAGECOPY_MAX_REFERRERS", limits.max_referrers, 1),
+        )
         stalled = duration("IMAGECOPY_STALLED_RETRY", 300.0)
         return cls(
+            bounds=bounds,
             allowed_registries=allowed,
             plain_http_registries=hosts("IMAGECOPY_PLAIN_HTTP_REGISTRIES"),
             insecure_registries=hosts("IMAGECOPY_INSECURE_REGISTRIES"),

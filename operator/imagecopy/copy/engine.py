@@ -85,8 +85,12 @@ class Copier:
             scopes += [repo.scope("pull") for repo in mounts.explicit]
         dst_scopes = tuple(dict.fromkeys(scopes))
         src_scopes = dst_scopes if mounts.same_registry else (src.repo.scope("pull"),)
-        source_repo = session.repository(src, Side.SOURCE, src_scopes)
-        destination_repo = session.repository(dst, Side.DESTINATION, dst_scopes)
+        # One bound on the copy's manifest requests, both sides together.
+        slots = asyncio.Semaphore(max(1, options.manifest_concurrency))
+        source_repo = session.repository(src, Side.SOURCE, src_scopes, manifest_slots=slots)
+        destination_repo = session.repository(
+            dst, Side.DESTINATION, dst_scopes, manifest_slots=slots
+        )
 
         plan = await make_plan(source_repo, destination_repo, src, dst, options)
         report.source_digest = plan.source_digest

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
 from ..oci.blobs import BlobOutcome
+from ..oci.bounds import Bounds
 from ..oci.descriptor import Descriptor
 from ..oci.reference import Platform
 from .verify import VerifyPolicy
@@ -44,6 +45,11 @@ class CopyOptions:
     #: Concurrent blob uploads (streams). Mounts are cheap and run wider.
     concurrency: int = 8
     mount_concurrency: int = 16
+    #: Manifest requests (HEAD, GET, PUT, referrers) in flight at once, both sides together.
+    manifest_concurrency: int = 16
+    #: Limits of the image graph (children per index, depth, manifests, bytes, blobs,
+    #: referrers per subject): ``oci.bounds.Bounds``.
+    bounds: Bounds = field(default_factory=Bounds)
     #: Plan the copy with the same counts; write nothing.
     dry_run: bool = False
     #: Largest PATCH body of the chunked-upload fallback.

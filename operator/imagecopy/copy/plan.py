@@ -6,21 +6,27 @@ checked before anything is written) and walks the source graph: child manifests 
 in parallel, level by level) and the unique blobs; ``copy.referrers`` adds the referrer
 graphs when asked. The result is either ``Settled`` (nothing to write) or a ``Plan`` that
 ``copy.execute`` carries out against a destination.
+
+The plan enforces the copy's ``Bounds`` (``oci.bounds``) as it grows, each before the work it
+would allow: an index's child list is counted before any child is fetched, the nesting depth
+before the next level, the manifests before they are fetched; manifest bytes and blobs as
+each manifest joins. Passing one is ``LimitExceeded``.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..oci.bounds import Bounds
 from ..oci.descriptor import Descriptor, Manifest
-from ..oci.errors import DigestMismatch, InvalidSpec, Side, TagConflict
+from ..oci.errors import DigestMismatch, InvalidSpec, LimitExceeded, Side, TagConflict
 from ..oci.reference import Reference
 from ..oci.repository import ManifestInfo, RepositoryClient
 from .options import CopyOptions, TagPolicy
 from .platforms import filter_platforms
 from .report import Outcome
+from .tasks import gather_all
 
 __all__ = [
     "Attachment",
@@ -81,6 +87,11 @@ class Plan:
     #: Cosign tag attachments of the nodes (``copy.attachments``), pushed by tag last.
     attachments: list[Attachment] = field(default_factory=list)
 
+    #: The limits the graph must stay within.
+    bounds: Bounds = field(default_factory=Bounds)
+    #: Bytes of every manifest in ``nodes``.
+    manifest_bytes: int = 0
+
     @property
     def same_repository(self) -> bool:
         return self.source.same_repository(self.destination)
@@ -90,11 +101,27 @@ class Plan:
         return self.source.registry == self.destination.registry
 
     def add(self, manifest: Manifest, referrer_of: str | None = None) -> Node:
+        """Add ``manifest`` (its blobs too); ``LimitExceeded`` past a bound."""
+        bounds = self.bounds
+        if manifest.digest not in self.nodes:
+            self.make_room(1)
+            self.manifest_bytes += manifest.size
+            if self.manifest_bytes > bounds.max_manifest_bytes:
+                raise self.limit(
+                    f"the manifests of {self.source} come to more than "
+                    f"{bounds.max_manifest_bytes} bytes, more than the limit of "
+                    f"{bounds.max_manifest_bytes}"
+                )
         node = Node(manifest, referrer_of)
         self.nodes[manifest.digest] = node
         for blob in manifest.blobs:
             if not blob.foreign:
                 self.blobs.setdefault(blob.digest, blob)
+        if len(self.blobs) > bounds.max_blobs:
+            raise self.limit(
+                f"{self.source} names more than {bounds.max_blobs} blobs, more than the "
+                f"limit of {bounds.max_blobs}"
+            )
         return node
 
     def attach(self, attachment: Attachment) -> None:
@@ -102,6 +129,26 @@ class Plan:
         for blob in attachment.manifest.blobs:
             if not blob.foreign:
                 self.blobs.setdefault(blob.digest, blob)
+        if len(self.blobs) > self.bounds.max_blobs:
+            raise self.limit(
+                f"{self.source} names more than {self.bounds.max_blobs} blobs with its "
+                f"signatures and attestations, more than the limit of {self.bounds.max_blobs}"
+            )
+
+    def make_room(self, more: int) -> None:
+        """``LimitExceeded`` unless ``more`` manifests still fit (checked before fetching)."""
+        limit = self.bounds.max_manifests
+        if len(self.nodes) + more > limit:
+            raise self.limit(
+                f"{self.source} has {len(self.nodes) + more} manifests or more (root, children "
+                f"and referrers), more than the limit of {limit}"
+            )
+
+    def limit(self, message: str) -> LimitExceeded:
+        """The error for passing a bound of this plan's (source) graph."""
+        return LimitExceeded(
+            message, operation="walk graph", side=Side.SOURCE, registry=str(self.source.registry)
+        )
 
 
 def destination_reference(source: Reference, destination: Reference) -> Reference:
@@ -146,7 +193,7 @@ async def make_plan(
     # Destination first: when a tag is missing the copy cannot be a no-op, so the source
     # is fetched straight away (no HEAD); when every tag exists, one HEAD of the source
     # decides whether there is anything to do.
-    infos = await asyncio.gather(*(destination_repo.head_manifest(tag) for tag in tags))
+    infos = await gather_all(*(destination_repo.head_manifest(tag) for tag in tags))
     existing = dict(zip(tags, infos, strict=True))
     src_digest = src.digest
     maybe_noop = all(info is not None for info in infos) if tags else bool(dst.digest)
@@ -187,7 +234,7 @@ async def make_plan(
             Outcome.TAG_EXISTS, source_digest, main.digest if main and main.digest else root.digest
         )
 
-    plan = Plan(src, dst, source_digest, root, tuple(push_tags))
+    plan = Plan(src, dst, source_digest, root, tuple(push_tags), bounds=options.bounds)
     plan.add(root)
     if not plan.same_repository:  # a retag: every blob and child is already there
         await walk(source_repo, plan, root)
@@ -234,17 +281,35 @@ async def fetch_child(source_repo: RepositoryClient, desc: Descriptor) -> Manife
 async def walk(
     source_repo: RepositoryClient, plan: Plan, manifest: Manifest, referrer_of: str | None = None
 ) -> None:
-    """Add ``manifest``'s children (at any depth) to the plan, fetching each level at once."""
+    """Add ``manifest``'s children (at any depth) to the plan, fetching each level at once
+    (the first failure cancels the level's other fetches). Children per index, the depth
+    below ``manifest`` and the manifest count are checked before each level is fetched."""
     if referrer_of is not None:
         plan.referrers.append(plan.add(manifest, referrer_of))
+    bounds = plan.bounds
     level = [manifest]
+    depth = 0
     while level:
         wanted: dict[str, Descriptor] = {}
         for parent in level:
+            if len(parent.manifests) > bounds.max_index_children:
+                raise plan.limit(
+                    f"the index {parent.digest} has {len(parent.manifests)} children, more "
+                    f"than the limit of {bounds.max_index_children}"
+                )
             for child in parent.manifests:
                 if child.digest not in plan.nodes:
                     wanted.setdefault(child.digest, child)
-        fetched = await asyncio.gather(*(fetch_child(source_repo, d) for d in wanted.values()))
+        if not wanted:
+            return
+        depth += 1
+        if depth > bounds.max_index_depth:
+            raise plan.limit(
+                f"the index {manifest.digest} nests indexes {depth} levels deep, more than "
+                f"the limit of {bounds.max_index_depth}"
+            )
+        plan.make_room(len(wanted))
+        fetched = await gather_all(*(fetch_child(source_repo, d) for d in wanted.values()))
         for child_manifest in fetched:
             plan.add(child_manifest)
         level = list(fetched)

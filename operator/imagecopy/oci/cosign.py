@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .bounds import load_json
 from .descriptor import Descriptor, Manifest
 from .errors import SignatureInvalid
 from .referrers import find_referrers, referrers_tag
@@ -106,10 +106,14 @@ def _b64(value: Any) -> bytes | None:
     return None
 
 
+class _NotJSON(Exception):
+    pass
+
+
 def _json(data: bytes) -> dict[str, Any] | None:
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+        obj = load_json(data, "the signature payload", error=_NotJSON)
+    except _NotJSON:
         return None
     return obj if isinstance(obj, dict) else None
 

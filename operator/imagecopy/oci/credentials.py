@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imagecopy.oci.bounds import load_json
 from imagecopy.oci.errors import InvalidReference, SecretInvalid
 from imagecopy.oci.reference import DOCKER_HUB, DOCKER_HUB_ALIASES, Registry, normalize_registry
 
@@ -196,15 +197,8 @@ class CredentialStore:
         """
         document: Any
         if isinstance(data, bytes | str):
-            try:
-                document = json.loads(data)
-            except UnicodeDecodeError:
-                raise SecretInvalid("the docker config is not UTF-8 text") from None
-            except json.JSONDecodeError as exc:
-                # The position only: the message of JSONDecodeError is safe, the document is not.
-                raise SecretInvalid(
-                    f"the docker config is not valid JSON (line {exc.lineno}, column {exc.colno})"
-                ) from None
+            # Positions only in the sentence: the document is not safe to show.
+            document = load_json(data, "the docker config", error=SecretInvalid)
         else:
             document = data
         if not isinstance(document, Mapping):

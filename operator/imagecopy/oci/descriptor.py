@@ -6,12 +6,12 @@ descriptors the copy needs to walk the graph.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import mediatypes as mt
-from .digest import compute_digest
+from .bounds import load_json
+from .digest import compute_digest, is_digest
 from .errors import ManifestTooLarge, UnsupportedMediaType
 
 __all__ = [
@@ -44,8 +44,15 @@ class Descriptor:
             raise UnsupportedMediaType(f"{where}: a descriptor is not a JSON object")
         digest = obj.get("digest")
         size = obj.get("size")
-        if not isinstance(digest, str) or ":" not in digest:
-            raise UnsupportedMediaType(f"{where}: a descriptor has no valid digest")
+        if not isinstance(digest, str):
+            raise UnsupportedMediaType(f"{where}: malformed descriptor: it has no digest")
+        if not is_digest(digest):
+            # Checked before the digest can go into any URL (a path traversal otherwise).
+            shown = digest if len(digest) <= 160 else digest[:160] + "..."
+            raise UnsupportedMediaType(
+                f"{where}: malformed descriptor: {shown!r} is not a valid digest "
+                "(sha256:<64 hex> or sha512:<128 hex>)"
+            )
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise UnsupportedMediaType(f"{where}: descriptor {digest} has no valid size")
         urls = obj.get("urls") or ()
@@ -133,10 +140,7 @@ def parse_manifest(
         raise ManifestTooLarge(
             f"{where} is {len(data)} bytes; manifests over {MAX_MANIFEST_BYTES} bytes (4 MiB) are refused"
         )
-    try:
-        obj = json.loads(data)
-    except ValueError:
-        raise UnsupportedMediaType(f"{where} is not valid JSON") from None
+    obj = load_json(data, where, error=UnsupportedMediaType)
     if not isinstance(obj, dict):
         raise UnsupportedMediaType(f"{where} is not a JSON object")
     declared = obj.get("mediaType")

@@ -1,15 +1,25 @@
-"""Content digests: compute and verify sha256/sha512 digests of bytes and streams."""
+"""Content digests: compute and verify sha256/sha512 digests of bytes and streams, and tell
+a digest fit to name content (and to go into a URL) from any other text."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 from .errors import DigestMismatch, UnsupportedMediaType
 
-__all__ = ["DigestVerifier", "compute_digest", "verify_bytes"]
+__all__ = ["DigestVerifier", "compute_digest", "is_digest", "verify_bytes"]
 
 _ALGORITHMS = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
+#: The only digests content is named by: the algorithm and exactly its length of lower-case hex.
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
+
+
+def is_digest(text: object) -> bool:
+    """Whether ``text`` is ``sha256:<64 lower-case hex>`` or ``sha512:<128 lower-case hex>``:
+    the digests a descriptor, a header or a URL path may carry (nothing else reaches a URL)."""
+    return isinstance(text, str) and _DIGEST.fullmatch(text) is not None
 
 
 def _hasher(algorithm: str) -> Any:

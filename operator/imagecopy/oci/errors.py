@@ -19,6 +19,7 @@ __all__ = [
     "ImageCopyError",
     "InvalidReference",
     "InvalidSpec",
+    "LimitExceeded",
     "ManifestTooLarge",
     "NotFound",
     "PushRejected",
@@ -217,6 +218,18 @@ class UnsupportedMediaType(RegistryError):
 
 class ManifestTooLarge(RegistryError):
     label = "manifest too large"
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+class LimitExceeded(RegistryError):
+    """What a registry sent passes a bound (``oci.bounds``): an index with too many children,
+    indexes nested too deep, too many manifests, blobs or referrers in one copy, response
+    headers too long. Only a change (of the image, or of the limit) helps."""
+
+    label = "limit exceeded"
 
     @property
     def retryable(self) -> bool:

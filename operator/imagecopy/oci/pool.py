@@ -1,8 +1,8 @@
 """The process-wide registry pool and the per-copy session.
 
 `RegistryPool` owns what outlives one copy: the HTTP connection pool, the transport stack
-(retries, request counting, the egress rule, TLS per host, the network guard in the
-connection layer), and the auth caches (challenges
+(retries, request counting, the egress rule, the bound on redirect bodies, TLS per host, the
+network guard in the connection layer), and the auth caches (challenges
 per registry, bearer tokens per registry *and credential*). A `Session` binds one copy's
 credentials, request counter and retry budget to the pool and hands out
 `RepositoryClient`s (``oci.repository``).
@@ -10,6 +10,7 @@ credentials, request counter and retry budget to the pool and hands out
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextvars import ContextVar
@@ -17,6 +18,7 @@ from contextvars import ContextVar
 import httpx
 
 from .auth import SCOPES, ChallengeCache, RegistryAuth, TokenCache
+from .bounds import RedirectBodyLimit
 from .connections import PoolTransport
 from .credentials import CredentialStore
 from .egress import EgressTransport
@@ -103,7 +105,8 @@ class RegistryPool:
         self.http = httpx.AsyncClient(
             transport=self._stack(network),
             timeout=httpx.Timeout(self.settings.timeout, connect=min(10.0, self.settings.timeout)),
-            headers={"User-Agent": USER_AGENT},
+            # identity: a compressed answer could inflate past any read bound (oci.bounds).
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             follow_redirects=False,
         )
         #: Auth challenges seen per registry (not secret), shared by every session.
@@ -113,7 +116,9 @@ class RegistryPool:
 
     def _stack(self, network: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
         return RetryTransport(
-            CountingTransport(EgressTransport(network, self.settings.egress), _stats_for),
+            CountingTransport(
+                EgressTransport(RedirectBodyLimit(network), self.settings.egress), _stats_for
+            ),
             self.settings.retry,
             find_budget=_budget_for,
         )
@@ -207,8 +212,20 @@ class Session:
             _CURRENT.reset(entered)
 
     def repository(
-        self, ref: Reference, side: Side, scopes: Sequence[str] | None = None
+        self,
+        ref: Reference,
+        side: Side,
+        scopes: Sequence[str] | None = None,
+        *,
+        manifest_slots: asyncio.Semaphore | None = None,
     ) -> RepositoryClient:
         """A client for ``ref``'s repository. ``scopes`` (built with ``Repository.scope``)
-        are what its token asks for; default: pull on the repository itself."""
-        return RepositoryClient(self, ref.repo, side, tuple(scopes or (ref.scope("pull"),)))
+        are what its token asks for; default: pull on the repository itself.
+        ``manifest_slots`` bounds its manifest requests in flight (shared across clients)."""
+        return RepositoryClient(
+            self,
+            ref.repo,
+            side,
+            tuple(scopes or (ref.scope("pull"),)),
+            manifest_slots=manifest_slots,
+        )

@@ -9,10 +9,13 @@ formats ``repository:<name>:<actions>``. It is pure: no I/O, no clock, no networ
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+
+import idna
 
 from imagecopy.oci.errors import InvalidReference, InvalidSpec
 
@@ -23,6 +26,7 @@ __all__ = [
     "Reference",
     "Registry",
     "Repository",
+    "is_tag",
     "normalize_registry",
     "parse_digest",
     "parse_platform",
@@ -85,6 +89,11 @@ def parse_digest(text: str) -> str:
     return text
 
 
+def is_tag(text: str) -> bool:
+    """Whether ``text`` is a tag per the OCI grammar ``[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}``."""
+    return isinstance(text, str) and _TAG.fullmatch(text) is not None
+
+
 def _validate_tag(tag: str, text: str) -> str:
     if not tag:
         raise InvalidReference(f"the reference {_quote(text)} ends with a colon but has no tag")
@@ -110,7 +119,7 @@ def _split_registry(host: str) -> tuple[str, int | None]:
         raise InvalidReference("the registry name is empty")
     if host.startswith("["):
         end = host.find("]")
-        if end < 0 or not _IPV6.fullmatch(host[: end + 1]):
+        if end < 0 or not _IPV6.fullmatch(host[: end + 1]) or not _is_ipv6(host[1:end]):
             raise InvalidReference(f"the registry {_quote(host)} is not a valid IPv6 address")
         name, rest = host[: end + 1], host[end + 1 :]
         if rest and not rest.startswith(":"):
@@ -122,12 +131,41 @@ def _split_registry(host: str) -> tuple[str, int | None]:
         components = name.split(".")
         if not all(_DOMAIN_COMPONENT.fullmatch(c) for c in components):
             raise InvalidReference(f"the registry {_quote(host)} is not a valid host name")
+        if len(components) == 4 and all(c.isdigit() for c in components):
+            # What a URL parser takes for an IPv4 address must be one (999.1.1.1 is not).
+            try:
+                ipaddress.IPv4Address(name)
+            except ValueError:
+                raise InvalidReference(
+                    f"the registry {_quote(host)} is not a valid IPv4 address"
+                ) from None
+        if any(c[:4].lower() == "xn--" for c in components) and not _is_idna(name):
+            raise InvalidReference(
+                f"the registry {_quote(host)} is not a valid internationalised host name"
+            )
     if port is not None and (not _PORT.fullmatch(port) or not 0 < int(port) < 65536):
         raise InvalidReference(f"the registry {_quote(host)} has an invalid port")
     name = name.lower()
     if port is None and name in DOCKER_HUB_ALIASES:
         return DOCKER_HUB, None
     return name, int(port) if port is not None else None
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_idna(name: str) -> bool:
+    """Whether the punycode (``xn--``) labels of ``name`` decode, as a URL parser needs."""
+    try:
+        idna.decode(name.lower())
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return False
+    return True
 
 
 _DEFAULT_PORTS = {"https": 443, "http": 80}

@@ -27,8 +27,11 @@ __all__ = [
 
 
 def referrers_tag(digest: str) -> str:
-    """The tag of the referrers tag schema: ``sha256-<hex>``."""
-    return digest.replace(":", "-")
+    """The tag of the referrers tag schema: ``<alg>-<ref>``, the algorithm cut to 32 and the
+    encoded part to 64 characters (distribution spec 1.1), so a sha512 digest still makes a
+    valid tag (at most 128 characters)."""
+    algorithm, _, encoded = digest.partition(":")
+    return f"{algorithm[:32]}-{encoded[:64]}"
 
 
 @dataclass(frozen=True)

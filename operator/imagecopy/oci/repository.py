@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, TypeVar
@@ -20,22 +20,33 @@ from typing import Protocol, TypeVar
 import httpx
 
 from . import mediatypes as mt
+from .bounds import (
+    MAX_ERROR_BODY_BYTES,
+    MAX_REFERRERS_BODY_BYTES,
+    MAX_RESPONSE_HEADER_BYTES,
+    BodyTooLarge,
+    load_json,
+    read_bounded,
+)
 from .descriptor import MAX_MANIFEST_BYTES, Descriptor, Manifest, parse_manifest
-from .digest import DigestVerifier, compute_digest, verify_bytes
+from .digest import DigestVerifier, compute_digest, is_digest, verify_bytes
 from .errors import (
     DigestMismatch,
     Forbidden,
+    LimitExceeded,
     ManifestTooLarge,
     NotFound,
     PushRejected,
     RateLimited,
     RegistryError,
+    RegistryNotAllowed,
     RegistryUnreachable,
     Side,
     TLSError,
     Unauthorized,
+    UnsupportedMediaType,
 )
-from .reference import Registry, Repository
+from .reference import Registry, Repository, is_tag
 from .retry import RetryBudget
 from .transport import TransportSettings
 
@@ -108,12 +119,18 @@ class MountAnswer:
     status: int = 0
 
 
+class _NotAnErrorBody(Exception):
+    pass
+
+
 def registry_error_codes(response: httpx.Response) -> list[tuple[str, str]]:
     """``(CODE, message)`` pairs of an OCI error body (``{"errors": [{code, message}]}``),
-    at most three; an empty list for any other body."""
+    at most three; an empty list for any other body (one nested deeper than
+    ``MAX_JSON_DEPTH`` included). The registry client reads at most
+    ``MAX_ERROR_BODY_BYTES`` of it (``RepositoryClient``)."""
     try:
-        body = response.json()
-    except (ValueError, httpx.ResponseNotRead, UnicodeDecodeError):
+        body = load_json(response.content, "the error body", error=_NotAnErrorBody)
+    except (_NotAnErrorBody, httpx.ResponseNotRead):
         return []
     errors = body.get("errors") if isinstance(body, dict) else None
     if not isinstance(errors, list):
@@ -162,9 +179,18 @@ class RepositoryClient:
     """Distribution API calls on one repository, on one side of a copy, through a session."""
 
     def __init__(
-        self, session: Channel, repository: Repository, side: Side, scopes: tuple[str, ...]
+        self,
+        session: Channel,
+        repository: Repository,
+        side: Side,
+        scopes: tuple[str, ...],
+        *,
+        manifest_slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.session = session
+        #: Bounds the manifest requests (HEAD, GET, PUT, referrers) in flight at once; one
+        #: semaphore shared by both sides of a copy.
+        self.manifest_slots = manifest_slots
         self.name = repository
         self.side = side
         self.scopes = scopes
@@ -180,6 +206,23 @@ class RepositoryClient:
 
     def _url(self, path: str) -> str:
         return f"{self._base}/{path}"
+
+    def _reference_url(self, kind: str, reference: str, *, tags: bool = True) -> str:
+        """``<base>/<kind>/<reference>`` for a valid digest (or tag, when ``tags``): nothing
+        else reaches a URL path, so no text can walk out of the repository."""
+        if not (is_digest(reference) or (tags and is_tag(reference))):
+            shown = reference if len(reference) <= 160 else reference[:160] + "..."
+            what = "a valid tag or digest" if tags else "a valid digest"
+            raise self.error(
+                UnsupportedMediaType,
+                "check reference",
+                f"refusing to request {shown!r} from {self.registry}/{self.name.path}: "
+                f"it is not {what}",
+            )
+        return self._url(f"{kind}/{reference}")
+
+    def _manifest_slot(self) -> AbstractAsyncContextManager[object]:
+        return self.manifest_slots if self.manifest_slots is not None else nullcontext()
 
     async def _send(
         self,
@@ -203,9 +246,31 @@ class RepositoryClient:
             params=params,
         )
         try:
-            return await self.session.send(
-                request, self.registry, stream=stream, follow_redirects=follow_redirects
+            response = await self.session.send(
+                request, self.registry, stream=True, follow_redirects=follow_redirects
             )
+            return response if stream else await self._buffered(response)
+        except httpx.RemoteProtocolError as exc:
+            if "buffer too long" in str(exc).lower():
+                # h11 refuses a header block over httpcore's 100 KiB before it is whole.
+                raise self.error(
+                    LimitExceeded,
+                    operation,
+                    f"{self.registry} answered with response headers over "
+                    f"{MAX_RESPONSE_HEADER_BYTES // 1024} KiB",
+                ) from None
+            raise self.error(
+                RegistryUnreachable,
+                operation,
+                f"connection to {self.registry} failed: {_short(exc)}",
+            ) from None
+        except UnicodeError:
+            # idna's error for a punycode host (``xn--…``) that does not decode: a redirect
+            # or upload Location naming a host no connection can be made to.
+            raise RegistryNotAllowed(
+                f"{self.registry} sent a URL whose host is not a valid internationalised host "
+                "name; refusing to contact it"
+            ) from None
         except httpx.ConnectError as exc:
             if _is_tls_error(exc):
                 raise self.error(
@@ -236,27 +301,63 @@ class RepositoryClient:
         ``get_manifest(missing_ok=True)`` gave None)."""
         return self.error(NotFound, "get manifest", f"{reference} not found", status=404)
 
-    async def _read_limited(self, response: httpx.Response, operation: str, what: str) -> bytes:
-        """A manifest-like body, refused once it passes 4 MiB (by Content-Length first)."""
-        length = response.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > MAX_MANIFEST_BYTES:
+    async def _read_limited(
+        self,
+        response: httpx.Response,
+        operation: str,
+        what: str,
+        limit: int = MAX_MANIFEST_BYTES,
+    ) -> bytes:
+        """A manifest-like body, refused once it passes ``limit`` (4 MiB; by
+        Content-Length first), read while streaming."""
+        try:
+            return await read_bounded(response, limit)
+        except BodyTooLarge as exc:
+            size = f"{exc.seen} bytes" if exc.announced else f"over {limit // (1024 * 1024)} MiB"
             raise self.error(
                 ManifestTooLarge,
                 operation,
-                f"{what} is {length} bytes; manifests over 4 MiB are refused",
-            )
-        data = bytearray()
-        async for chunk in response.aiter_bytes():
-            data.extend(chunk)
-            if len(data) > MAX_MANIFEST_BYTES:
-                raise self.error(
-                    ManifestTooLarge, operation, f"{what} is over 4 MiB; such manifests are refused"
-                )
-        return bytes(data)
+                f"{what} is {size}; manifests over {limit // (1024 * 1024)} MiB are refused",
+            ) from None
+        except ValueError as exc:
+            raise self.error(UnsupportedMediaType, operation, f"{what}: {exc}") from None
+        except httpx.TransportError as exc:
+            raise self.error(
+                RegistryUnreachable,
+                operation,
+                f"reading {what} from {self.registry} failed: {_short(exc)}",
+            ) from None
 
-    async def _read_error(self, response: httpx.Response) -> None:
-        """Make the answer's body readable for ``registry_error_codes``."""
-        await response.aread()
+    async def _buffered(self, response: httpx.Response) -> httpx.Response:
+        """``response`` with its body read, at most ``MAX_ERROR_BODY_BYTES`` of it: a longer
+        body is cut there and the rest never read (closing an unfinished answer drops its
+        connection). Answers the client reads whole — errors, upload and mount answers —
+        go through here; bodies are used for their error codes only."""
+        if response.is_stream_consumed:
+            # Built from bytes already in memory (a test transport's answer): nothing to bound.
+            return response
+        body = bytearray()
+        try:
+            async for chunk in response.aiter_raw():
+                body += chunk
+                if len(body) >= MAX_ERROR_BODY_BYTES:
+                    del body[MAX_ERROR_BODY_BYTES:]
+                    break
+        except httpx.TransportError:
+            pass  # the status and headers are the answer; a broken body only loses detail
+        finally:
+            await response.aclose()
+        if response.headers.get("Content-Encoding", "identity").strip().lower() not in (
+            "",
+            "identity",
+        ):
+            body.clear()  # asked for identity: a compressed body is not inflated here
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            content=bytes(body),
+            request=response.request,
+        )
 
     def fail(
         self,
@@ -307,18 +408,27 @@ class RepositoryClient:
 
     async def head_manifest(self, reference: str) -> ManifestInfo | None:
         """What the registry holds at ``reference`` (tag or digest); None when nothing."""
-        response = await self._send(
-            "check manifest",
-            "HEAD",
-            self._url(f"manifests/{reference}"),
-            headers={"Accept": mt.ACCEPT_MANIFESTS},
-        )
+        url = self._reference_url("manifests", reference)
+        async with self._manifest_slot():
+            response = await self._send(
+                "check manifest", "HEAD", url, headers={"Accept": mt.ACCEPT_MANIFESTS}
+            )
         if response.status_code == 404:
             return None
         if response.status_code != 200:
             raise self.fail(response, "check manifest", f"manifest {reference}")
         digest = response.headers.get("Docker-Content-Digest")
-        if digest is None and reference.count(":") == 1 and "sha" in reference.split(":")[0]:
+        if digest is not None and not is_digest(digest.strip()):
+            # The copy may request what this names: it must be a digest, nothing else.
+            raise self.error(
+                UnsupportedMediaType,
+                "check manifest",
+                f"{self.registry}/{self.name.path} answered for manifest {reference} with a "
+                "Docker-Content-Digest that is not a valid digest",
+            )
+        if digest is not None:
+            digest = digest.strip()
+        elif is_digest(reference):
             digest = reference
         length = response.headers.get("Content-Length")
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
@@ -330,23 +440,21 @@ class RepositoryClient:
         self, reference: str, *, expected_digest: str | None = None, missing_ok: bool = False
     ) -> Manifest | None:
         """The manifest at ``reference``, digest-verified, at most 4 MiB read."""
-        response = await self._send(
-            "get manifest",
-            "GET",
-            self._url(f"manifests/{reference}"),
-            headers={"Accept": mt.ACCEPT_MANIFESTS},
-            stream=True,
-        )
-        try:
-            if response.status_code == 404 and missing_ok:
-                return None
-            if response.status_code != 200:
-                await self._read_error(response)
-                raise self.fail(response, "get manifest", f"manifest {reference}")
-            where = f"manifest {self.registry}/{self.name.path}@{expected_digest or reference}"
-            raw = await self._read_limited(response, "get manifest", where)
-        finally:
-            await response.aclose()
+        url = self._reference_url("manifests", reference)
+        async with self._manifest_slot():
+            response = await self._send(
+                "get manifest", "GET", url, headers={"Accept": mt.ACCEPT_MANIFESTS}, stream=True
+            )
+            try:
+                if response.status_code == 404 and missing_ok:
+                    return None
+                if response.status_code != 200:
+                    answer = await self._buffered(response)
+                    raise self.fail(answer, "get manifest", f"manifest {reference}")
+                where = f"manifest {self.registry}/{self.name.path}@{expected_digest or reference}"
+                raw = await self._read_limited(response, "get manifest", where)
+            finally:
+                await response.aclose()
         header_digest = response.headers.get("Docker-Content-Digest")
         digest = expected_digest or header_digest
         if digest is not None:
@@ -358,14 +466,15 @@ class RepositoryClient:
 
     async def put_manifest(self, reference: str, manifest: Manifest) -> httpx.Headers:
         """Store ``manifest``'s exact bytes at ``reference``; returns the answer's headers."""
-        response = await self._send(
-            "push manifest",
-            "PUT",
-            self._url(f"manifests/{reference}"),
-            headers={"Content-Type": manifest.media_type},
-            content=manifest.data,
-        )
-        await self._read_error(response)
+        url = self._reference_url("manifests", reference)
+        async with self._manifest_slot():
+            response = await self._send(
+                "push manifest",
+                "PUT",
+                url,
+                headers={"Content-Type": manifest.media_type},
+                content=manifest.data,
+            )
         if response.status_code not in _MANIFEST_STORED:
             raise self.fail(
                 response, "push manifest", f"manifest {reference}", rejected=PushRejected
@@ -384,9 +493,8 @@ class RepositoryClient:
     # -- blobs ------------------------------------------------------------------------------
 
     async def blob_exists(self, digest: str) -> bool:
-        response = await self._send(
-            "check blob", "HEAD", self._url(f"blobs/{digest}"), follow_redirects=True
-        )
+        url = self._reference_url("blobs", digest, tags=False)
+        response = await self._send("check blob", "HEAD", url, follow_redirects=True)
         if response.status_code == 200:
             return True
         if response.status_code == 404:
@@ -395,13 +503,12 @@ class RepositoryClient:
 
     @asynccontextmanager
     async def _open_blob(self, digest: str) -> AsyncIterator[httpx.Response]:
-        response = await self._send(
-            "get blob", "GET", self._url(f"blobs/{digest}"), stream=True, follow_redirects=True
-        )
+        url = self._reference_url("blobs", digest, tags=False)
+        response = await self._send("get blob", "GET", url, stream=True, follow_redirects=True)
         try:
             if response.status_code != 200:
-                await self._read_error(response)
-                raise self.fail(response, "get blob", f"blob {digest}")
+                answer = await self._buffered(response)
+                raise self.fail(answer, "get blob", f"blob {digest}")
             yield response
         finally:
             await response.aclose()
@@ -452,7 +559,6 @@ class RepositoryClient:
             headers={"Content-Length": "0"},
             scopes=(*self.scopes, source.scope("pull")),
         )
-        await self._read_error(response)
         code = response.status_code
         if code == 201:
             return MountAnswer(mounted=True, status=code)
@@ -478,7 +584,6 @@ class RepositoryClient:
         response = await self._send(
             "start upload", "POST", self._url("blobs/uploads/"), headers={"Content-Length": "0"}
         )
-        await self._read_error(response)
         if response.status_code != 202 or not response.headers.get("Location"):
             raise self.fail(response, "start upload", "blob upload", rejected=PushRejected)
         return self._session_of(response)
@@ -499,11 +604,9 @@ class RepositoryClient:
                     # Bytes sent before the cut still land; let them, then look again.
                     await asyncio.sleep(_CANCEL_PAUSE)
                 response = await self._send("cancel upload", "DELETE", location)
-                await self._read_error(response)
                 if response.status_code != 416:
                     return
                 status = await self._send("check upload", "GET", location)
-                await self._read_error(status)
                 if status.status_code != 204 or not status.headers.get("Location"):
                     return
                 location = self.location(status)
@@ -523,7 +626,6 @@ class RepositoryClient:
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(desc.size)},
             content=body,
         )
-        await self._read_error(response)
         if response.status_code in _BLOB_STORED:
             return True
         codes = {code for code, _ in registry_error_codes(response)}
@@ -557,7 +659,6 @@ class RepositoryClient:
                 },
                 content=piece,
             )
-            await self._read_error(response)
             if response.status_code != 202 or not response.headers.get("Location"):
                 raise self.fail(
                     response,
@@ -577,7 +678,6 @@ class RepositoryClient:
             location = await flush(location, bytes(buffer))
         url = httpx.URL(location).copy_merge_params({"digest": desc.digest})
         response = await self._send("upload blob", "PUT", url, headers={"Content-Length": "0"})
-        await self._read_error(response)
         if response.status_code not in _BLOB_STORED:
             raise self.fail(response, "upload blob", f"blob {desc.digest}", rejected=PushRejected)
 
@@ -586,28 +686,29 @@ class RepositoryClient:
     async def get_referrers_index(self, digest: str) -> Manifest | None:
         """``GET /referrers/<digest>``: the index, or None when the registry has no
         referrers API (404, 400, 405 or an answer that is not an image index)."""
-        response = await self._send(
-            "list referrers",
-            "GET",
-            self._url(f"referrers/{digest}"),
-            headers={"Accept": mt.OCI_INDEX},
-            stream=True,
-        )
-        try:
-            if response.status_code == 200:
-                content_type = response.headers.get("Content-Type", "")
-                if not content_type.startswith(mt.OCI_INDEX):
+        url = self._reference_url("referrers", digest, tags=False)
+        async with self._manifest_slot():
+            response = await self._send(
+                "list referrers", "GET", url, headers={"Accept": mt.OCI_INDEX}, stream=True
+            )
+            try:
+                if response.status_code == 200:
+                    content_type = response.headers.get("Content-Type", "")
+                    if not content_type.startswith(mt.OCI_INDEX):
+                        return None
+                    data = await self._read_limited(
+                        response,
+                        "list referrers",
+                        f"the referrers index of {digest} in {self.name}",
+                        MAX_REFERRERS_BODY_BYTES,
+                    )
+                    return parse_manifest(data, mt.OCI_INDEX, f"referrers of {digest}")
+                if response.status_code in (404, 400, 405):
                     return None
-                data = await self._read_limited(
-                    response, "list referrers", f"the referrers index of {digest} in {self.name}"
-                )
-                return parse_manifest(data, mt.OCI_INDEX, f"referrers of {digest}")
-            await self._read_error(response)
-            if response.status_code in (404, 400, 405):
-                return None
-            raise self.fail(response, "list referrers", f"referrers of {digest}")
-        finally:
-            await response.aclose()
+                answer = await self._buffered(response)
+                raise self.fail(answer, "list referrers", f"referrers of {digest}")
+            finally:
+                await response.aclose()
 
 
 _MOUNT_REFUSALS = {

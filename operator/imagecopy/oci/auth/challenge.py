@@ -145,7 +145,9 @@ def checked_realm(
     try:
         realm = httpx.URL(registry.origin(scheme) + "/").join(realm_text)
         refusal = EgressRule(plain_http=plain_http or HostList()).realm_refusal(realm)
-    except httpx.InvalidURL:
+        realm.host  # noqa: B018 (decodes punycode: an invalid A-label raises here, not later)
+    except (httpx.InvalidURL, UnicodeError, ValueError):
+        # UnicodeError: idna's error for a host such as ``xn--`` that no URL can carry.
         raise Unauthorized(
             f"registry {registry} sent a token realm that is not a valid URL",
             status=401,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import enum
-import json
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
@@ -31,6 +30,7 @@ from imagecopy.oci.auth.challenge import (
 )
 from imagecopy.oci.auth.scopes import Grant, grants, merge_scopes, scopes_for_request
 from imagecopy.oci.auth.tokens import ChallengeCache, Token, TokenCache, TokenKey
+from imagecopy.oci.bounds import load_json
 from imagecopy.oci.credentials import Credential
 from imagecopy.oci.egress import HostList, Origin
 from imagecopy.oci.errors import RateLimited, RegistryError, RegistryUnreachable, Unauthorized
@@ -292,9 +292,10 @@ class RegistryAuth(httpx.Auth):
         response = await self._token_client.send(request, auth=basic, stream=True)
         try:
             status = response.status_code
+            # A token service that will not stop talking is refused like one that refuses.
             too_big = self._error(
-                RegistryError,
-                f"the token service of registry {self.registry} answered with more than "
+                Unauthorized,
+                f"the token service at {_netloc(request.url)} answered more than "
                 f"{limit // 1024} KiB",
                 status,
             )
@@ -356,10 +357,9 @@ class RegistryAuth(httpx.Auth):
                 status,
             )
         try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):
-            # RecursionError: JSON nested deeper than the interpreter's recursion limit.
-            data = None
+            data = load_json(body, "the token answer", error=ValueError)
+        except ValueError:
+            data = None  # not JSON, or nested deeper than MAX_JSON_DEPTH
         if not isinstance(data, dict):
             raise self._error(
                 RegistryError,
@@ -368,3 +368,8 @@ class RegistryAuth(httpx.Auth):
                 status,
             )
         return data
+
+
+def _netloc(url: httpx.URL) -> str:
+    """``scheme://host[:port]`` of a URL, for a message (never its query: it holds scopes)."""
+    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
