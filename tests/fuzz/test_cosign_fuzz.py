@@ -60,3 +60,14 @@ def test_bundles_of_arbitrary_json(doc: Any) -> None:
 @given(data=st.binary(max_size=300))
 def test_bundles_of_arbitrary_bytes(data: bytes) -> None:
     assert not evaluate(DIGEST, parse_bundle(data, DIGEST, "b"), KEYS).verified
+
+
+@given(depth=st.integers(min_value=65, max_value=200_000), opener=st.sampled_from("[{"))
+def test_deeply_nested_payloads_and_bundles_never_raise(depth: int, opener: str) -> None:
+    """JSON nested past the parser's depth bound is refused as unusable, not a RecursionError
+    (``json.loads`` alone overflows the stack near 100,000 levels)."""
+    layer = '{"a":' if opener == "{" else "["
+    closer = "}" if opener == "{" else "]"
+    deep = (layer * depth + "1" + closer * depth).encode()
+    assert parse_simple_signing(deep, None, "x").problem is not None
+    assert not evaluate(DIGEST, parse_bundle(deep, DIGEST, "b"), KEYS).verified
