@@ -723,6 +723,22 @@ def test_no_credential_in_logs_events_or_status(scenario: Scenario) -> None:
         assert_one_readable_sentence(event["message"], scenario.needles())
 
 
+def test_request_labels_name_only_spec_registries(scenario: Scenario) -> None:
+    """Redirect targets and upload Locations never become label values (bounded series)."""
+    from imagecopy.oci.reference import Reference
+
+    named = {
+        str(Reference.parse(side["image"]).registry)
+        for obj in scenario.objects
+        for side in (obj["spec"]["source"], obj["spec"]["destination"])
+    }
+    labels = set(
+        re.findall(r'imagecopy_registry_requests_total\{[^}]*registry="([^"]*)"', scenario.metrics)
+    )
+    assert labels, "no request was counted"
+    assert labels <= named | {"other"}, labels - named
+
+
 def test_no_hostile_object_ever_failed_with_an_internal_error(scenario: Scenario) -> None:
     internal = [c.name for c in scenario.cases.values() if "InternalError" in c.seen]
     assert not internal, internal
