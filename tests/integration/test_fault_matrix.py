@@ -16,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +36,7 @@ from imagecopy.oci.retry import Backoff, RetryPolicy
 from testkit import images
 from testkit.netproxy import NetProxy
 from testkit.registry import RegistryServer
+from testkit.tools import REPO_ROOT
 from testkit.toxiproxy import ToxicProxy, ToxiproxyServer, find_toxiproxy
 from tests.integration.copyhelpers import copy, repo
 from tests.support.fixtures import require_tool
@@ -629,3 +633,55 @@ async def test_f15_latency_and_sliced_segments(
     assert l_up
     first = await under_fault(case, fault_row, lambda: _clear(src, link), may_fail=())
     fault_row.survived(f"complete ({first})", requests=case.requests())
+
+
+# --- 7, CLI path: --read-timeout ends a stalled response, --stall-timeout a stalled copy -------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "operator")}
+    return subprocess.run(
+        [sys.executable, "-m", "imagecopy", "copy", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("flag", ["--read-timeout", "--stall-timeout"])
+def test_f07c_cli_timeouts_end_a_stalled_copy(
+    registry_v2: RegistryServer,
+    registry_v3: RegistryServer,
+    toxi: ToxiproxyServer,
+    fault_row: FaultRow,
+    flag: str,
+) -> None:
+    fault_row.fault, fault_row.number = f"stalled source, CLI {flag} 2s", 7
+    fault_row.path = "cli"
+    link = toxic_link(toxi, registry_v2.host)
+    image = images.push_image(registry_v2, repo("dev"), "1", layers=2, layer_size=100 * KiB)
+    dst = Destination.snapshot(registry_v3, repo("prod"), "1")
+    base = [
+        f"{link.address}/{image.repo}:1",
+        dst.ref,
+        "--plain-http", link.address, "--plain-http", registry_v3.host,
+        "--read-timeout", "2" if flag == "--read-timeout" else "600",
+        "--stall-timeout", "2" if flag == "--stall-timeout" else "600",
+    ]  # fmt: skip
+    link.add("timeout", stream="downstream", timeout=0)
+    started = time.monotonic()
+    failed = _cli(*base)
+    assert failed.returncode == 1, failed.stderr
+    assert time.monotonic() - started < 120, "the timeout did not end the copy"
+    expected = "did not answer in time" if flag == "--read-timeout" else "--stall-timeout"
+    assert expected in failed.stderr
+    assert dst.state(image.digest) == "unchanged"
+    link.clear()
+    fault_row.healed()
+    done = _cli(*base)
+    assert done.returncode == 0, done.stderr
+    fault_row.recovered()
+    dst.assert_complete(image.digest)
+    assert_no_open_sessions(registry_v3, dst.repository)
+    fault_row.survived(f"complete (exit 1 first: {expected})")

@@ -105,6 +105,8 @@ def transport_settings(settings: Settings) -> TransportSettings:
         blocked_networks=settings.blocked_networks,
         # Every running copy may stream `blob_concurrency` blobs, each a GET and a PUT.
         max_connections=max(16, 2 * settings.blob_concurrency * settings.max_concurrent_copies),
+        timeout=settings.read_timeout,
+        connect_timeout=settings.connect_timeout,
     )
 
 
