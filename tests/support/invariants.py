@@ -117,6 +117,9 @@ class FaultRow:
     resend_bound: int = 0
     requests: int = 0
     leaked_sessions: int = 0
+    #: Sessions a SIGKILLed process had open: nobody alive knows them; the registry's upload
+    #: purging removes them (counted apart from leaks).
+    orphaned_sessions: int = 0
     corrupt: bool = False
     ok: bool = False
     test: str = ""
