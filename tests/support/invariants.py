@@ -27,7 +27,7 @@ import pytest
 
 from testkit.images import MANIFEST_ACCEPT
 from testkit.netproxy import NetProxy
-from testkit.peers import crane_digest, crane_validate
+from testkit.peers import PeerError, crane_digest, crane_validate
 from testkit.registry import RegistryServer
 
 __all__ = [
@@ -39,6 +39,10 @@ __all__ = [
 ]
 
 TABLE_ENV = "IMAGECOPY_FAULT_TABLE"
+
+#: What the checks below saw go wrong, so the row of a failed test says it: destinations
+#: found neither complete nor unchanged, and upload sessions found open.
+_SEEN = {"corrupt": 0, "leaked": 0}
 
 
 def tag_digest(registry: RegistryServer, repository: str, tag: str) -> str | None:
@@ -77,8 +81,14 @@ class Destination:
         now = tag_digest(self.registry, self.repository, self.tag)
         if now == source_digest:
             assert crane_digest(self.registry, self.ref) == source_digest
-            crane_validate(self.registry, self.ref)  # every blob fetched, digests checked
+            try:
+                crane_validate(self.registry, self.ref)  # every blob fetched, digests checked
+            except PeerError:
+                _SEEN["corrupt"] += 1  # a manifest whose blobs are missing or wrong
+                raise
             return "complete"
+        if now != self.before:
+            _SEEN["corrupt"] += 1
         assert now == self.before, (
             f"{self.ref} is at {now}: neither the source ({source_digest}) nor what it was "
             f"before the copy ({self.before})"
@@ -91,6 +101,7 @@ class Destination:
 
 def assert_no_open_sessions(registry: RegistryServer, repository: str) -> None:
     sessions = registry.open_upload_sessions(repository)
+    _SEEN["leaked"] += len(sessions)
     assert sessions == [], f"upload sessions left open in {repository}: {sessions}"
 
 
@@ -145,7 +156,10 @@ class FaultRow:
 def fault_row(request: pytest.FixtureRequest) -> Iterator[FaultRow]:
     """The fault-table row of this test (see the module docstring)."""
     row = FaultRow(fault=request.node.name, test=request.node.nodeid)
+    seen = dict(_SEEN)
     yield row
+    row.corrupt = _SEEN["corrupt"] > seen["corrupt"]
+    row.leaked_sessions = _SEEN["leaked"] - seen["leaked"]
     target = os.environ.get(TABLE_ENV)
     if target:
         data = {k: v for k, v in asdict(row).items() if not k.startswith("_")}
