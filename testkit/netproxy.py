@@ -543,7 +543,7 @@ class NetProxy:
         ur, uw = up
         await self._send_up(uw, head)
         pump = asyncio.create_task(
-            _pump_body(cr, uw, req_framing, self._count_up_body, self._up_throttle)
+            _pump_body(cr, uw, req_framing, self._body_counter(rec), self._up_throttle)
         )
 
         def client_gone(done: asyncio.Task[int]) -> None:
@@ -611,6 +611,16 @@ class NetProxy:
             uw.transport.abort()
             return False, None
         return not client_close, up
+
+    def _body_counter(self, rec: RequestRecord) -> Callable[[int], None]:
+        """Counts a forwarded request body as it arrives, so an interrupted request's
+        record still says how much of its body the client sent."""
+
+        def count(n: int) -> None:
+            rec.req_body_bytes += n
+            self._count_up_body(n)
+
+        return count
 
     def _count_up_body(self, n: int) -> None:
         self._count(up=n)

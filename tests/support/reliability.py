@@ -19,8 +19,8 @@ from typing import Any
 
 __all__ = ["bucket", "render", "summary"]
 
-TIME_BUCKETS = (1, 5, 15, 30, 60, 90, 180)
-COUNT_BUCKETS = (10, 25, 50, 100, 250, 500, 1000, 5000)
+TIME_BUCKETS = (15, 60, 180)
+COUNT_BUCKETS = (10, 100, 1000)
 
 
 def bucket(value: float | None, limits: tuple[int, ...], unit: str = "") -> str:
@@ -76,9 +76,13 @@ def render(rows: list[dict[str, Any]]) -> str:
         "complete), the object becomes Ready after the fault heals without being touched,",
         "the operator never restarts and its open descriptors return to their level.",
         "",
-        "*Recover* is the time from the fault healing to the copy complete (bucketed, so a",
-        "rerun produces the same table); *requests* counts the requests the proxies in front",
-        "of the registries saw.",
+        "*Recover* is the time from the fault healing to the copy complete (Ready on the",
+        "operator path, reached without touching the object); *requests* counts the requests",
+        "the proxies in front of the registries saw; *bytes re-sent* is what was uploaded",
+        "beyond one copy of every blob (partial bodies of interrupted requests included),",
+        "checked to be at most the full size of the blobs whose upload was interrupted. The",
+        "figures are bucketed so that a rerun produces the same table; `make faults` prints",
+        "the exact ones.",
         "",
         "| # | fault | path | survived | final state | recover | bytes re-sent | requests |",
         "|---|---|---|---|---|---|---|---|",
