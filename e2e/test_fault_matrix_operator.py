@@ -392,8 +392,8 @@ def test_op12_destination_out_of_space(
     icp = ImageCopies(control_plane, namespace)
     icp.apply("f12", spec(image.ref, f"{proxy.address}/{dst.repository}:1"))
     state = failing(icp, "f12", watched)
-    assert state["reason"] not in ("Copied", "InternalError"), state
-    assert "507" in state["message"] or "storage" in state["message"].lower(), state
+    assert (state["kind"], state["reason"]) == ("Reconciling", "InsufficientStorage"), state
+    assert "507 Insufficient Storage" in state["message"], state
     assert dst.state(image.digest) == "unchanged"
     proxy.clear_faults()
     fault_row.healed()

@@ -20,6 +20,7 @@ CONTRACT_FAILURE_REASONS = {
     "Forbidden",
     "SourceNotFound",
     "RegistryUnreachable",
+    "InsufficientStorage",
     "TLSError",
     "RateLimited",
     "PushRejected",
@@ -31,7 +32,13 @@ CONTRACT_FAILURE_REASONS = {
     "InternalError",
     "CopyTimeout",
 }
-TRANSIENT_REASONS = {"RegistryUnreachable", "RateLimited", "InternalError", "CopyTimeout"}
+TRANSIENT_REASONS = {
+    "RegistryUnreachable",
+    "InsufficientStorage",
+    "RateLimited",
+    "InternalError",
+    "CopyTimeout",
+}
 
 SRC = Side.SOURCE
 DST = Side.DESTINATION
@@ -57,6 +64,7 @@ ROWS: list[tuple[BaseException, str, bool]] = [
     (registry_error(errors.NotFound, DST), "PushRejected", True),
     (registry_error(errors.RegistryUnreachable, SRC), "RegistryUnreachable", False),
     (registry_error(errors.RegistryUnreachable, DST), "RegistryUnreachable", False),
+    (registry_error(errors.InsufficientStorage, DST), "InsufficientStorage", False),
     (registry_error(errors.RateLimited, SRC), "RateLimited", False),
     (registry_error(errors.TLSError, SRC), "TLSError", True),
     (registry_error(errors.PushRejected, DST), "PushRejected", True),

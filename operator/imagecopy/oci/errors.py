@@ -16,6 +16,7 @@ __all__ = [
     "DigestMismatch",
     "Forbidden",
     "ImageCopyError",
+    "InsufficientStorage",
     "InvalidReference",
     "InvalidSpec",
     "ManifestTooLarge",
@@ -145,6 +146,13 @@ class RegistryUnreachable(RegistryError):
     @property
     def retryable(self) -> bool:
         return True
+
+
+class InsufficientStorage(RegistryUnreachable):
+    """507: the registry has no space for a write. Retried like an unreachable registry
+    (space may be freed), but named for what it is."""
+
+    label = "insufficient storage"
 
 
 class TLSError(RegistryError):

@@ -25,6 +25,7 @@ from .digest import DigestVerifier, compute_digest, verify_bytes
 from .errors import (
     DigestMismatch,
     Forbidden,
+    InsufficientStorage,
     ManifestTooLarge,
     NotFound,
     PushRejected,
@@ -289,6 +290,9 @@ class RepositoryClient:
                 kind, message = PushRejected, f"{where} rejected {what} with 404{detail}"
         elif status == 429:
             kind, message = RateLimited, f"{where} rate-limited {what} (429){detail}"
+        elif status == 507:
+            kind = InsufficientStorage
+            message = f"{where} has no space for {what} (507 Insufficient Storage){detail}"
         elif status >= 500 or status == 408:
             kind, message = RegistryUnreachable, f"{where} failed {what} with {status}{detail}"
         else:
