@@ -138,8 +138,11 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.05)
 
 
-def resent_within_bound(proxy: NetProxy, repository: str, image: images.PushedImage) -> int:
-    """Blob bytes sent twice, checked against the full size of every interrupted upload."""
+def resent_within_bound(
+    proxy: NetProxy, repository: str, image: images.PushedImage, row: FaultRow
+) -> int:
+    """Blob bytes sent twice, checked against the full size of every interrupted upload
+    (both noted in ``row``)."""
     sizes = {str(b["digest"]): int(b["size"]) for b in image.unique_blobs}
     bound = 0
     for r in proxy.snapshot().log:
@@ -149,6 +152,7 @@ def resent_within_bound(proxy: NetProxy, repository: str, image: images.PushedIm
                 bound += sizes.get(m.group(1).replace("%3A", ":"), 0)
     resent = uploaded_bytes(proxy, repository) - sum(sizes.values())
     assert resent <= bound, f"{resent} bytes sent twice; only {bound} were interrupted"
+    row.resend_bound = bound
     return max(0, resent)
 
 
@@ -186,7 +190,7 @@ def test_op01_registry_killed_mid_upload(
     fault_row.recovered()
     dst.assert_complete(image.digest)
     sessions_closed(dst_reg, dst.repository)
-    fault_row.bytes_resent = resent_within_bound(proxy, dst.repository, image)
+    fault_row.bytes_resent = resent_within_bound(proxy, dst.repository, image, fault_row)
     fault_row.survived("Ready, complete", requests=proxy.snapshot().requests)
 
 
@@ -221,7 +225,7 @@ def test_op03_5xx_bursts(
     assert proxy.snapshot().faults_injected >= 4
     dst.assert_complete(image.digest)
     sessions_closed(registry_v3, dst.repository)
-    fault_row.bytes_resent = resent_within_bound(proxy, dst.repository, image)
+    fault_row.bytes_resent = resent_within_bound(proxy, dst.repository, image, fault_row)
     fault_row.survived("Ready, complete", requests=proxy.snapshot().requests)
 
 
@@ -268,19 +272,22 @@ def test_op08_operator_killed_mid_copy(
     assert len(open_now) <= 1, open_now
     fault_row.orphaned_sessions = len(open_now)
     # the interrupted layer is sent again in full, nothing else
-    fault_row.bytes_resent = resent_within_bound_killed(proxy, dst.repository, image)
+    fault_row.bytes_resent = resent_within_bound_killed(proxy, dst.repository, image, fault_row)
     fault_row.survived(
         "Ready, complete (the killed process's session left to purging)",
         requests=proxy.snapshot().requests,
     )
 
 
-def resent_within_bound_killed(proxy: NetProxy, repository: str, image: images.PushedImage) -> int:
+def resent_within_bound_killed(
+    proxy: NetProxy, repository: str, image: images.PushedImage, row: FaultRow
+) -> int:
     """Like :func:`resent_within_bound`, where the interrupted PUT never got an answer
     (its process died): at most the largest blob is sent twice."""
     largest = max(int(b["size"]) for b in image.unique_blobs)
     resent = uploaded_bytes(proxy, repository) - image.total_blob_bytes
     assert resent <= largest, f"{resent} bytes sent twice; at most {largest} expected"
+    row.resend_bound = largest
     return max(0, resent)
 
 
@@ -313,7 +320,7 @@ def test_op09_apiserver_and_etcd_restarted_mid_copy_and_idle(
     ready_at(icp, "f9", image.digest, watched)
     fault_row.recovered()
     dst.assert_complete(image.digest)
-    fault_row.bytes_resent = resent_within_bound(proxy, dst.repository, image)
+    fault_row.bytes_resent = resent_within_bound(proxy, dst.repository, image, fault_row)
     # idle: everything settled, the control plane goes away and comes back
     control_plane.restart(downtime=2.0)
     obj = icp.get("f9")

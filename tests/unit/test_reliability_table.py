@@ -35,8 +35,10 @@ def test_times_are_bucketed(value: float, expected: str) -> None:
 
 
 def test_a_rerun_with_other_exact_figures_renders_the_same_table() -> None:
-    first = [row(recover_seconds=2.1, requests=41, bytes_resent=1000), row(number=2)]
-    second = [row(number=2, requests=37), row(recover_seconds=3.9, requests=48, bytes_resent=7)]
+    first = [row(recover_seconds=2.1, requests=41, bytes_resent=1000, resend_bound=9000)]
+    first.append(row(number=2))
+    second = [row(number=2, requests=37)]
+    second.append(row(recover_seconds=3.9, requests=48, bytes_resent=0, resend_bound=9000))
     assert render(first) == render(second)
     assert bucket(41, COUNT_BUCKETS) == "≤ 100"
 
