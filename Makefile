@@ -9,7 +9,7 @@ export PATH := $(TOOLS)/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export IMAGECOPY_REQUIRE_TOOLS := 1
 export IMAGECOPY_REQUIRE_E2E := 1
 
-.PHONY: test venv tools controlplane lint typecheck unit fuzz integration e2e demo bench clean
+.PHONY: test venv tools controlplane lint typecheck unit fuzz integration e2e faults demo bench clean
 
 test: venv tools controlplane lint typecheck unit integration e2e
 
@@ -47,6 +47,16 @@ integration: venv tools
 
 e2e: venv tools controlplane
 	$(PY) -m pytest -q e2e
+
+# The fault matrix (engine, CLI and operator paths; also part of integration and e2e), then
+# its table in docs/reliability.md, generated from the rows the run collected.
+FAULT_ROWS := $(CURDIR)/.pytest_cache/fault-rows.jsonl
+faults: venv tools controlplane
+	mkdir -p $(dir $(FAULT_ROWS)) && rm -f $(FAULT_ROWS)
+	IMAGECOPY_FAULT_TABLE=$(FAULT_ROWS) $(PY) -m pytest -q \
+		tests/integration/test_fault_matrix.py e2e/test_fault_matrix_operator.py; \
+		status=$$?; $(PY) -m tests.support.reliability $(FAULT_ROWS) docs/reliability.md README.md \
+		&& exit $$status
 
 demo: venv tools controlplane
 	$(PY) -m e2e.demo

@@ -50,7 +50,12 @@ from typing import Any
 
 import yaml
 
-from testkit.processes import free_port, new_group_dying_with_parent, stop_process_group
+from testkit.processes import (
+    free_port,
+    kill_process_group,
+    new_group_dying_with_parent,
+    stop_process_group,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ASSETS = REPO_ROOT / ".tools" / "k8s" / "current"
@@ -226,6 +231,7 @@ class ControlPlane:
         self.port = 0
         self.token = secrets.token_hex(24)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._argv: dict[str, list[str]] = {}
         self._logs: dict[str, Path] = {}
         self._started = False
         self._stopped = False
@@ -308,6 +314,7 @@ class ControlPlane:
         return [p.pid for p in self._procs.values() if p.poll() is None]
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        self._argv[name] = argv
         log_path = self.workdir / f"{name}.log"
         self._logs[name] = log_path
         with open(log_path, "wb") as log:
@@ -342,6 +349,29 @@ class ControlPlane:
                 "--log-level=warn",
             ],
         )
+
+    def restart(self, downtime: float = 0.0, *, etcd: bool = True) -> None:
+        """Kill kube-apiserver (and etcd) with SIGKILL, wait ``downtime`` seconds, start them
+        again on the same ports, data and certificates; return once ``/readyz`` is ok."""
+        names = ("kube-apiserver", "etcd") if etcd else ("kube-apiserver",)
+        for name in names:
+            proc = self._procs.get(name)
+            if proc is not None:
+                kill_process_group(proc, STOP_TIMEOUT)
+        time.sleep(downtime)
+        if etcd:
+            self._respawn("etcd")
+        self._respawn("kube-apiserver")
+        self._wait_ready()
+
+    def _respawn(self, name: str) -> None:
+        log = self._logs[name]
+        previous = log.read_bytes() if log.exists() else b""
+        self._spawn(name, self._argv[name])
+        with open(log, "r+b") as f:  # _spawn truncates the log: keep what came before
+            current = f.read()
+            f.seek(0)
+            f.write(previous + b"\n=== restarted\n" + current)
 
     def _start_apiserver(self) -> None:
         certs = self.workdir / "certs"

@@ -39,7 +39,8 @@ Behaviour
 
 Faults (:class:`Fault`): match on method (exact), path (regex, ``re.search``) and query
 (substring of the raw query string); apply to the first ``times`` matches (``times=None``: every
-match). Actions:
+match), and with ``every=N`` only to one matching request in N (a share of the traffic).
+Actions:
 
 - ``respond``: answer ``status`` + ``headers`` + ``body`` without forwarding (the request body is
   drained), e.g. 429 with ``Retry-After: 1`` or an HTTP-date, 503, 405 for ``POST …?mount=``.
@@ -49,6 +50,8 @@ match). Actions:
 - ``truncate``: forward, relay the response head and only ``truncate_after`` body bytes, then
   close the connection.
 - ``stall``: read the request, send nothing for ``stall_seconds``, then close.
+- ``corrupt``: forward and relay the whole response, with the body byte at offset
+  ``corrupt_at`` inverted (length and headers unchanged: only a digest check can tell).
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ __all__ = ["Fault", "NetProxy", "ProxyStats", "RequestRecord", "main"]
 CHUNK = 64 * 1024
 HEAD_LIMIT = 1024 * 1024
 
-FaultAction = Literal["respond", "reset", "reset_after_forward", "truncate", "stall"]
+FaultAction = Literal["respond", "reset", "reset_after_forward", "truncate", "stall", "corrupt"]
 
 
 @dataclass
@@ -92,7 +95,11 @@ class Fault:
     body: bytes = b""
     truncate_after: int = 0
     stall_seconds: float = 30.0
+    corrupt_at: int = 0
+    #: Apply to one matching request in ``every`` (the 1st, the 1+every-th, …): a share.
+    every: int = 1
     hits: int = 0
+    seen: int = 0
 
     def matches(self, method: str, path: str, query: str) -> bool:
         if self.times is not None and self.hits >= self.times:
@@ -101,7 +108,10 @@ class Fault:
             return False
         if self.path is not None and not re.search(self.path, path):
             return False
-        return not (self.query is not None and self.query not in query)
+        if self.query is not None and self.query not in query:
+            return False
+        self.seen += 1
+        return (self.seen - 1) % self.every == 0
 
     @classmethod
     def from_json(cls, text: str) -> Fault:
@@ -533,7 +543,7 @@ class NetProxy:
         ur, uw = up
         await self._send_up(uw, head)
         pump = asyncio.create_task(
-            _pump_body(cr, uw, req_framing, self._count_up_body, self._up_throttle)
+            _pump_body(cr, uw, req_framing, self._body_counter(rec), self._up_throttle)
         )
 
         def client_gone(done: asyncio.Task[int]) -> None:
@@ -576,8 +586,9 @@ class NetProxy:
         rec.resp_head_bytes = len(rhead)
         resp_framing = _response_framing(method, status, rheaders)
         limit = fault.truncate_after if fault is not None and fault.action == "truncate" else None
+        flip = fault.corrupt_at if fault is not None and fault.action == "corrupt" else None
         try:
-            rec.resp_body_bytes = await self._relay_response_body(ur, cw, resp_framing, limit)
+            rec.resp_body_bytes = await self._relay_response_body(ur, cw, resp_framing, limit, flip)
         except _Truncated:
             pump.cancel()
             rec.resp_body_bytes = limit or 0
@@ -600,6 +611,16 @@ class NetProxy:
             uw.transport.abort()
             return False, None
         return not client_close, up
+
+    def _body_counter(self, rec: RequestRecord) -> Callable[[int], None]:
+        """Counts a forwarded request body as it arrives, so an interrupted request's
+        record still says how much of its body the client sent."""
+
+        def count(n: int) -> None:
+            rec.req_body_bytes += n
+            self._count_up_body(n)
+
+        return count
 
     def _count_up_body(self, n: int) -> None:
         self._count(up=n)
@@ -627,11 +648,15 @@ class NetProxy:
         cw: asyncio.StreamWriter,
         framing: int | str,
         limit: int | None,
+        flip: int | None = None,
     ) -> int:
         sent = 0
 
         async def out(data: bytes) -> None:
             nonlocal sent
+            if flip is not None and sent <= flip < sent + len(data):
+                i = flip - sent
+                data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
             if limit is not None and sent + len(data) > limit:
                 part = data[: max(0, limit - sent)]
                 if part:

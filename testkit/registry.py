@@ -64,7 +64,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import yaml
 
-from testkit.processes import free_port, stop_process_group
+from testkit.processes import free_port, kill_process_group, stop_process_group
 from testkit.tls import TestPKI, make_test_pki
 from testkit.token_issuer import Scope, TokenIssuer
 from testkit.tools import TOOLS_BIN
@@ -242,6 +242,9 @@ class RegistryServer:
     _owns_issuer: bool = field(init=False, default=False, repr=False)
     _own_workdir: bool = field(init=False, default=False, repr=False)
     _sync_n: int = field(init=False, default=0, repr=False)
+    #: ``http.secret`` signs the ``_state`` of upload URLs: kept across restarts so a session
+    #: started before a restart is still addressable after it.
+    _secret: str = field(init=False, default_factory=lambda: secrets.token_hex(16), repr=False)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -313,7 +316,7 @@ class RegistryServer:
             },
             "http": {
                 "addr": f"127.0.0.1:{self.port}",
-                "secret": secrets.token_hex(16),
+                "secret": self._secret,
                 "headers": {"X-Content-Type-Options": ["nosniff"]},
             },
         }
@@ -440,6 +443,34 @@ class RegistryServer:
         self._proc = None
         with _LIVE_LOCK:
             _LIVE.discard(self)
+
+    def kill(self) -> None:
+        """SIGKILL the registry (no graceful shutdown; storage is left as the crash left it).
+        :meth:`start` brings it back on the same port, storage and secret."""
+        proc = self._proc
+        if proc is None:
+            return
+        kill_process_group(proc, timeout=5)
+        self._proc = None
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
+
+    def open_upload_sessions(self, repository: str | None = None) -> list[str]:
+        """Upload sessions open in the storage (of ``repository``, or of every repository):
+        ``<repo>/_uploads/<id>`` directories that still hold a ``startedat`` file (distribution
+        resumes a session from it; a cancelled session leaves at most an empty
+        ``hashstates/``)."""
+        base = self.root_dir / "docker/registry/v2/repositories"
+        if not base.is_dir():
+            return []
+        dirs = [base / repository / "_uploads"] if repository else list(base.rglob("_uploads"))
+        return sorted(
+            str(p.relative_to(base))
+            for d in dirs
+            if d.is_dir()
+            for p in d.iterdir()
+            if (p / "startedat").exists()
+        )
 
     def stop(self) -> None:
         """Stop the process (and the token issuer this server started itself). A temporary

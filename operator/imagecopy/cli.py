@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -158,6 +159,27 @@ def _parser() -> argparse.ArgumentParser:
             "its signature is missing or invalid (repeatable: any key may match)"
         ),
     )
+    cp.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds to open a connection to a registry (default 10)",
+    )
+    cp.add_argument(
+        "--read-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds one read or write may wait for the network (default 60)",
+    )
+    cp.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="give up when the copy makes no progress for this long (default 120)",
+    )
     limits = cp.add_argument_group(
         "limits", "bounds on the image graph a registry may send (docs/reference.md §4)"
     )
@@ -282,6 +304,13 @@ def _copy(args: argparse.Namespace) -> int:
     platforms = tuple(parse_platform(p) for p in args.platform)
     if args.concurrency < 1:
         raise InvalidSpec("--concurrency must be at least 1")
+    for flag, value in (
+        ("--connect-timeout", args.connect_timeout),
+        ("--read-timeout", args.read_timeout),
+        ("--stall-timeout", args.stall_timeout),
+    ):
+        if not value > 0 or value == float("inf"):
+            raise InvalidSpec(f"{flag} must be a positive number of seconds")
     for tag in args.additional_tag:
         destination.with_tag(tag)
     for repo in args.mount_from:
@@ -396,6 +425,7 @@ async def _run_copy(
     credentials: CredentialStore,
     args: argparse.Namespace,
 ) -> CopyReport:
+    from .controller.deadline import CopyWatchdog, note_request
     from .copy.engine import Copier
     from .oci.pool import RegistryPool, TransportSettings
 
@@ -405,9 +435,35 @@ async def _run_copy(
         blocked_networks=args.blocked_networks,
         ca_file=args.ca_file,
         max_connections=max(16, 2 * args.concurrency),
+        timeout=args.read_timeout,
+        connect_timeout=args.connect_timeout,
     )
-    async with RegistryPool(settings) as pool:
-        return await Copier(pool).copy(source, destination, options, credentials)
+    # No deadline for the whole copy (a user can interrupt it); only progress is watched.
+    watchdog = CopyWatchdog(
+        float("inf"), args.stall_timeout, names=("no deadline", "--stall-timeout")
+    )
+    options = dataclasses.replace(options, progress=_Tee(options.progress, watchdog))
+    async with RegistryPool(settings, on_request=lambda _r, _m, code: note_request(code)) as pool:
+        return await watchdog.run(Copier(pool).copy(source, destination, options, credentials))
+
+
+class _Tee:
+    """Progress to the renderer (if any) and to the stall watchdog."""
+
+    def __init__(self, *listeners: Any) -> None:
+        self.listeners = [listener for listener in listeners if listener is not None]
+
+    def blob_started(self, desc: Any) -> None:
+        for listener in self.listeners:
+            listener.blob_started(desc)
+
+    def blob_advanced(self, desc: Any, nbytes: int) -> None:
+        for listener in self.listeners:
+            listener.blob_advanced(desc, nbytes)
+
+    def blob_finished(self, desc: Any, outcome: Any) -> None:
+        for listener in self.listeners:
+            listener.blob_finished(desc, outcome)
 
 
 def _blocked_networks(flags: Sequence[str], env: Mapping[str, str]) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ CONTRACT_FAILURE_REASONS = {
     "Forbidden",
     "SourceNotFound",
     "RegistryUnreachable",
+    "InsufficientStorage",
     "TLSError",
     "RateLimited",
     "PushRejected",
@@ -36,6 +37,7 @@ CONTRACT_FAILURE_REASONS = {
 }
 TRANSIENT_REASONS = {
     "RegistryUnreachable",
+    "InsufficientStorage",
     "RateLimited",
     "InternalError",
     "CopyTimeout",
@@ -66,6 +68,7 @@ ROWS: list[tuple[BaseException, str, bool]] = [
     (registry_error(errors.NotFound, DST), "PushRejected", True),
     (registry_error(errors.RegistryUnreachable, SRC), "RegistryUnreachable", False),
     (registry_error(errors.RegistryUnreachable, DST), "RegistryUnreachable", False),
+    (registry_error(errors.InsufficientStorage, DST), "InsufficientStorage", False),
     (registry_error(errors.RateLimited, SRC), "RateLimited", False),
     (registry_error(errors.LimitExceeded, SRC), "LimitExceeded", True),
     (registry_error(errors.TLSError, SRC), "TLSError", True),

@@ -196,17 +196,25 @@ async def test_recovery_after_failures_resets_the_backoff_and_posts_up_to_date()
     ]
 
 
-async def test_a_status_write_the_api_refuses_is_logged_and_the_reconcile_goes_on() -> None:
+async def test_a_status_write_the_api_refuses_is_logged_and_looked_at_again_soon() -> None:
+    """Before: the copy succeeded while the API server was away, the Ready status was never
+    written and nothing looked again (no interval): the object said Copying for good."""
     service, copier, writer, events, body = make()
-    copier.results = [report()]
+    copier.results = [report(), report(Outcome.UP_TO_DATE)]
+    working = writer.patch_status
 
     async def unavailable(namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         raise KubernetesUnavailable("writing the status of ns/web failed with 503")
 
     writer.patch_status = unavailable  # type: ignore[method-assign]
-    assert await service.reconcile(REF, body, LOG) is None
+    delay = await service.reconcile(REF, body, LOG)
+    assert delay is not None and 0 < delay <= 5  # soon, though no interval is set
     assert "status" not in body
     assert events == [("Normal", "Copied")]
+    writer.patch_status = working  # type: ignore[method-assign]
+    assert await service.reconcile(REF, body, LOG) is None
+    ready = find_condition(body["status"], "Ready")
+    assert ready is not None and ready["status"] == "True"
 
 
 async def test_transient_failures_back_off_exponentially() -> None:

@@ -75,9 +75,12 @@ class CopyWatchdog:
         *,
         clock: Callable[[], float] | None = None,
         grace: float = CANCEL_GRACE,
+        names: tuple[str, str] = ("IMAGECOPY_COPY_TIMEOUT", "IMAGECOPY_STALL_TIMEOUT"),
     ) -> None:
         self.timeout = timeout
         self.stall_timeout = stall_timeout
+        #: The settings (or flags) the two limits came from, named in the error.
+        self.names = names
         self.grace = grace
         self._clock = clock
         self._started = 0.0
@@ -131,11 +134,11 @@ class CopyWatchdog:
         if stall < deadline:
             return stall, CopyTimeout(
                 f"the copy made no progress for {format_duration(self.stall_timeout)} "
-                "(IMAGECOPY_STALL_TIMEOUT) and was cancelled"
+                f"({self.names[1]}) and was cancelled"
             )
         return deadline, CopyTimeout(
             f"the copy did not finish within {format_duration(self.timeout)} "
-            "(IMAGECOPY_COPY_TIMEOUT) and was cancelled"
+            f"({self.names[0]}) and was cancelled"
         )
 
     async def _wind_down(self, task: asyncio.Task[Any]) -> None:

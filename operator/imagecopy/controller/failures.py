@@ -15,6 +15,7 @@ from ..oci.errors import (
     DigestMismatch,
     Forbidden,
     ImageCopyError,
+    InsufficientStorage,
     InvalidReference,
     InvalidSpec,
     LimitExceeded,
@@ -108,6 +109,7 @@ RULES: tuple[FailureRule, ...] = (
     # registry will not create) is the destination refusing the push, not a missing source.
     FailureRule(NotFound, "PushRejected", _STALLED, side=Side.DESTINATION),
     FailureRule(NotFound, "SourceNotFound", _STALLED),
+    FailureRule(InsufficientStorage, "InsufficientStorage", _TRANSIENT),
     FailureRule(RegistryUnreachable, "RegistryUnreachable", _TRANSIENT),
     FailureRule(RateLimited, "RateLimited", _TRANSIENT),
     FailureRule(TLSError, "TLSError", _STALLED),

@@ -116,7 +116,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
         "imagecopy operator started: allowedRegistries=%s plainHttpRegistries=%s "
         "insecureRegistries=%s blockedNetworks=%s maxConcurrentCopies=%d "
         "maxCopiesPerNamespace=%d blobConcurrency=%d stalledRetry=%ss "
-        "copyTimeout=%s stallTimeout=%s metricsPort=%d",
+        "copyTimeout=%s stallTimeout=%s connectTimeout=%s readTimeout=%s metricsPort=%d",
         ",".join(config.allowed_registries),
         ",".join(sorted(config.plain_http_registries)) or "-",
         ",".join(sorted(config.insecure_registries)) or "-",
@@ -127,6 +127,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
         config.stalled_retry,
         format_duration(config.copy_timeout),
         format_duration(config.stall_timeout),
+        format_duration(config.connect_timeout),
+        format_duration(config.read_timeout),
         config.metrics_port,
     )
 

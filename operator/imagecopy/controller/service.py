@@ -106,6 +106,8 @@ def transport_settings(settings: Settings) -> TransportSettings:
         blocked_networks=settings.blocked_networks,
         # Every running copy may stream `blob_concurrency` blobs, each a GET and a PUT.
         max_connections=max(16, 2 * settings.blob_concurrency * settings.max_concurrent_copies),
+        timeout=settings.read_timeout,
+        connect_timeout=settings.connect_timeout,
     )
 
 
@@ -361,7 +363,9 @@ class _Attempt:
 
     async def succeeded(self, report: CopyReport, interval: float | None) -> float | None:
         service = self.service
-        await self._write(success_patch(self.status, report, self.generation, self._now()))
+        written = await self._write(
+            success_patch(self.status, report, self.generation, self._now())
+        )
         service.metrics.record_report(report)
         _log_report(self.logger, report)
         if report.outcome is Outcome.COPIED:
@@ -370,6 +374,10 @@ class _Attempt:
             service.events(self.ref, "Normal", "UpToDate", report.summary())
         self.state.transient_failures = 0
         self.state.last_failure = None
+        if not written:
+            # The API server was away: look again soon (the copy is found complete) so the
+            # status does not stay at "Copying" until an interval that may never come.
+            return service.schedule.after_transient_failure(1)
         return service.schedule.after_success(interval)
 
     async def failed(
@@ -413,21 +421,23 @@ class _Attempt:
         self.state.transient_failures = 0
         self.state.last_failure = None
 
-    async def _write(self, patch: dict[str, Any]) -> None:
-        """Merge-patch the status; on success ``self.status`` is the status after it."""
+    async def _write(self, patch: dict[str, Any]) -> bool:
+        """Merge-patch the status; on success ``self.status`` is the status after it.
+        False when the API server could not be reached (the caller schedules another
+        look, which writes a fresh status); True otherwise, a deleted object included."""
         ref = self.ref
         try:
             written = await self.service.status_writer.patch_status(ref.namespace, ref.name, patch)
         except KubernetesUnavailable as exc:
-            # The next reconcile writes a fresh status; nothing else can report this.
             self.logger.warning("status not written: %s", exc)
-            return
+            return False
         if not written:
             self.logger.debug("object is gone; status not written")
-            return
+            return True
         self.status = self.state.status = apply_merge_patch(self.status, patch)
         self.state.true_conditions = true_conditions(self.status)
         self.service._update_object_gauge()
+        return True
 
     def _now(self) -> datetime:
         return self.service._now()

@@ -191,6 +191,10 @@ class Settings:
     copy_timeout: float = 1800.0
     #: Seconds a copy may go without progress before it is cancelled (``CopyTimeout``).
     stall_timeout: float = 120.0
+    #: Seconds to open a connection to a registry (TCP and TLS).
+    connect_timeout: float = 10.0
+    #: Seconds one read or write of a request may wait for the network.
+    read_timeout: float = 60.0
     #: Copy slots one namespace may hold; None: one less than ``max_concurrent_copies``
     #: (at least 1), so one slot is always left for the other namespaces.
     max_copies_per_namespace: int | None = None
@@ -309,6 +313,8 @@ class Settings:
             metrics_port=integer("IMAGECOPY_METRICS_PORT", 8080, 0),
             copy_timeout=_timeout(env, "IMAGECOPY_COPY_TIMEOUT", 1800.0),
             stall_timeout=_timeout(env, "IMAGECOPY_STALL_TIMEOUT", 120.0),
+            connect_timeout=_timeout(env, "IMAGECOPY_CONNECT_TIMEOUT", 10.0),
+            read_timeout=_timeout(env, "IMAGECOPY_READ_TIMEOUT", 60.0),
             max_copies_per_namespace=(
                 integer("IMAGECOPY_MAX_COPIES_PER_NAMESPACE", 1, 1)
                 if env.get("IMAGECOPY_MAX_COPIES_PER_NAMESPACE", "").strip()

@@ -272,7 +272,7 @@ async def _opening(
             if session is not None:
                 await repo.cancel_upload(session)
 
-        await _best_effort(close(), timeout)
+        await _best_effort(repo, close(), timeout)
         raise
 
 
@@ -288,17 +288,19 @@ async def _close_streams(streams: list[AsyncIterator[bytes]]) -> None:
 
 async def _discard(repo: RepositoryClient, session: UploadSession, timeout: float) -> None:
     """Cancel ``session``: best effort, within ``timeout``, even while being cancelled."""
-    await _best_effort(repo.cancel_upload(session), timeout)
+    await _best_effort(repo, repo.cancel_upload(session), timeout)
 
 
-async def _best_effort(work: Awaitable[None], timeout: float) -> None:
+async def _best_effort(repo: RepositoryClient, work: Awaitable[None], timeout: float) -> None:
     """Run clean-up ``work`` to its end or for ``timeout`` seconds, whichever comes first.
 
     It runs in its own task, so a caller that is being cancelled (its failure already on
     the way) still cleans up; if the caller is cancelled again meanwhile, the clean-up goes
-    on alone, still bounded by ``timeout``. Its own failure is logged, never raised.
+    on alone, still bounded by ``timeout`` (the pool waits for it before it closes). Its
+    own failure is logged, never raised.
     """
     task = asyncio.ensure_future(work)
+    repo.session.track_cleanup(task)
     # The timer also keeps the task referenced when nobody awaits it any more.
     timer = asyncio.get_running_loop().call_later(max(timeout, 0.0), task.cancel)
     task.add_done_callback(lambda done: _finished(done, timer))

@@ -17,6 +17,7 @@ __all__ = [
     "DigestMismatch",
     "Forbidden",
     "ImageCopyError",
+    "InsufficientStorage",
     "InvalidReference",
     "InvalidSpec",
     "LimitExceeded",
@@ -172,6 +173,13 @@ class RegistryUnreachable(RegistryError):
     @property
     def retryable(self) -> bool:
         return True
+
+
+class InsufficientStorage(RegistryUnreachable):
+    """507: the registry has no space for a write. Retried like an unreachable registry
+    (space may be freed), but named for what it is."""
+
+    label = "insufficient storage"
 
 
 class TLSError(RegistryError):

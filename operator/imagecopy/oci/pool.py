@@ -85,6 +85,9 @@ class RegistryPool:
     ) -> None:
         self.settings = settings or TransportSettings()
         self._on_request = on_request
+        #: Clean-ups (upload sessions being cancelled) that outlived the task that started
+        #: them; each is bounded by its own timeout, and ``aclose`` waits for them.
+        self._cleanups: set[asyncio.Future[None]] = set()
         ca_file = self.settings.ca_file
 
         def verified_context() -> ssl.SSLContext:
@@ -104,7 +107,7 @@ class RegistryPool:
         )
         self.http = httpx.AsyncClient(
             transport=self._stack(network),
-            timeout=httpx.Timeout(self.settings.timeout, connect=min(10.0, self.settings.timeout)),
+            timeout=httpx.Timeout(self.settings.timeout, connect=self.settings.connect_timeout),
             # identity: a compressed answer could inflate past any read bound (oci.bounds).
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             follow_redirects=False,
@@ -129,7 +132,15 @@ class RegistryPool:
             session.stats.listeners.append(self._on_request)
         return session
 
+    def track_cleanup(self, task: asyncio.Future[None]) -> None:
+        """Keep ``task`` (a bounded clean-up) until it ends; ``aclose`` waits for it, so a
+        session being cancelled is not cut off by the client closing under it."""
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
     async def aclose(self) -> None:
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups))
         await self.http.aclose()
 
     async def __aenter__(self) -> RegistryPool:
@@ -152,6 +163,9 @@ class Session:
     @property
     def settings(self) -> TransportSettings:
         return self.pool.settings
+
+    def track_cleanup(self, task: asyncio.Future[None]) -> None:
+        self.pool.track_cleanup(task)
 
     def auth(self, registry: Registry) -> RegistryAuth:
         auth = self._auth.get(registry)

@@ -33,6 +33,7 @@ from .digest import DigestVerifier, compute_digest, is_digest, verify_bytes
 from .errors import (
     DigestMismatch,
     Forbidden,
+    InsufficientStorage,
     LimitExceeded,
     ManifestTooLarge,
     NotFound,
@@ -173,6 +174,10 @@ class Channel(Protocol):
         stream: bool = False,
         follow_redirects: bool = False,
     ) -> httpx.Response: ...
+
+    def track_cleanup(self, task: asyncio.Future[None]) -> None:
+        """Keep a clean-up that may outlive its caller until it ends (the pool waits for
+        it before closing)."""
 
 
 class RepositoryClient:
@@ -386,6 +391,9 @@ class RepositoryClient:
                 kind, message = PushRejected, f"{where} rejected {what} with 404{detail}"
         elif status == 429:
             kind, message = RateLimited, f"{where} rate-limited {what} (429){detail}"
+        elif status == 507:
+            kind = InsufficientStorage
+            message = f"{where} has no space for {what} (507 Insufficient Storage){detail}"
         elif status >= 500 or status == 408:
             kind, message = RegistryUnreachable, f"{where} failed {what} with {status}{detail}"
         else:
@@ -591,6 +599,9 @@ class RepositoryClient:
     async def cancel_upload(self, session: UploadSession) -> None:
         """Best effort: an abandoned session expires on its own.
 
+        A registry that does not answer (connection refused or reset: one restarting after
+        a crash) is asked again every ``_CANCEL_PAUSE`` seconds, within the caller's bound.
+
         A session that took part of a body before the transfer was cut off has moved past
         the offset its ``Location`` carries, and distribution answers that ``Location`` 416;
         its status (``GET``, answered 204 with the current ``Location``) names the session
@@ -598,11 +609,12 @@ class RepositoryClient:
         may still be landing).
         """
         location = session.location
-        try:
-            for round_ in range(_CANCEL_ROUNDS):
-                if round_:
-                    # Bytes sent before the cut still land; let them, then look again.
-                    await asyncio.sleep(_CANCEL_PAUSE)
+        for round_ in range(_CANCEL_ROUNDS):
+            if round_:
+                # Bytes sent before the cut still land, or the registry is restarting: let
+                # it, then look again.
+                await asyncio.sleep(_CANCEL_PAUSE)
+            try:
                 response = await self._send("cancel upload", "DELETE", location)
                 if response.status_code != 416:
                     return
@@ -610,8 +622,10 @@ class RepositoryClient:
                 if status.status_code != 204 or not status.headers.get("Location"):
                     return
                 location = self.location(status)
-        except RegistryError:
-            pass
+            except RegistryUnreachable:
+                continue  # no answer (a registry that crashed mid-upload): try again
+            except RegistryError:
+                return
 
     async def put_blob(
         self, session: UploadSession, desc: Descriptor, body: AsyncIterator[bytes]

@@ -239,7 +239,11 @@ class TransportSettings:
     insecure: frozenset[str] = frozenset()
     ca_file: str | None = None
     blocked_networks: tuple[str, ...] = DEFAULT_BLOCKED_NETWORKS
+    #: Seconds one read or write of a request may wait for the network (the read timeout):
+    #: a stalled response fails after this, a slow trickle that keeps moving never does.
     timeout: float = 60.0
+    #: Seconds to open a connection (TCP and TLS handshake).
+    connect_timeout: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     #: Small on purpose: httpcore scans every pooled connection on each request, so a big
     #: pool costs CPU per request; 16 covers 8 parallel GET→PUT streams.
@@ -250,6 +254,8 @@ class TransportSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "egress", EgressRule.from_entries(self.plain_http, self.insecure))
+        if self.timeout <= 0 or self.connect_timeout <= 0:
+            raise ValueError("timeouts must be positive")
         for cidr in self.blocked_networks:
             ipaddress.ip_network(cidr, strict=False)  # ValueError for a non-network
 
