@@ -49,7 +49,8 @@ go-containerregistry (``ggcr``), measured the same way:
 - One blob store for every repository: ``HEAD /v2/<any>/blobs/<d>`` is 200 once any repository
   received ``<d>`` (so a same-registry copy finds every blob already there).
 - The referrers API is served (200, an image index; ``artifactType`` is not filtered and no
-  ``OCI-Filters-Applied`` is sent), but a manifest PUT with a ``subject`` gets no
+  ``OCI-Filters-Applied`` is sent; the ``artifactType`` it lists is the config's media type,
+  not the manifest's own ``artifactType``), but a manifest PUT with a ``subject`` gets no
   ``OCI-Subject`` header. Manifests are kept in memory (lost on restart).
 - ``DELETE`` of an upload session is answered 400 (sessions are not tracked).
 - The access log is written by the program's own middleware in the same combined format.
