@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from imagecopy.oci import mediatypes as mt
-from imagecopy.oci.descriptor import parse_manifest
+from imagecopy.oci.descriptor import Manifest, parse_manifest
 from imagecopy.oci.errors import RateLimited, Side
 from imagecopy.oci.pool import RegistryPool, TransportSettings
 from imagecopy.oci.reference import Reference
@@ -113,9 +113,8 @@ async def test_429_is_rate_limited_not_no_api() -> None:
     assert info.value.operation == "list referrers"
 
 
-async def test_a_push_the_api_lists_writes_no_tag_schema_index() -> None:
-    """go-containerregistry: no ``OCI-Subject`` on the PUT, but the API lists the push."""
-    artifact = json.dumps(
+def _artifact() -> Manifest:
+    body = json.dumps(
         {
             "schemaVersion": 2,
             "mediaType": mt.OCI_MANIFEST,
@@ -124,28 +123,54 @@ async def test_a_push_the_api_lists_writes_no_tag_schema_index() -> None:
             "subject": {"mediaType": mt.OCI_MANIFEST, "digest": SUBJECT, "size": 10},
         }
     ).encode()
-    manifest = parse_manifest(artifact, mt.OCI_MANIFEST, "artifact")
+    return parse_manifest(body, mt.OCI_MANIFEST, "artifact")
+
+
+@pytest.mark.parametrize("registry", ["oci-subject", "api-lists-it", "no-api"])
+async def test_a_push_with_a_subject_writes_a_tag_schema_index_only_without_the_api(
+    registry: str,
+) -> None:
+    """``OCI-Subject`` on the PUT: nothing more. No header, but the API lists the push
+    (go-containerregistry): one listing. No API (distribution): the tag schema index."""
+    manifest = _artifact()
     listed = {
         "schemaVersion": 2,
         "mediaType": mt.OCI_INDEX,
         "manifests": [{"mediaType": mt.OCI_MANIFEST, "digest": manifest.digest, "size": 1}],
     }
     seen: list[str] = []
+    tag = "sha256-" + "a" * 64
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(f"{request.method} {request.url.path}")
         if request.method == "PUT":
-            return httpx.Response(201, headers={"Docker-Content-Digest": manifest.digest})
+            headers = {"Docker-Content-Digest": manifest.digest}
+            if registry == "oci-subject":
+                headers["OCI-Subject"] = SUBJECT
+            if request.url.path.endswith(tag):
+                headers = {}
+            return httpx.Response(201, headers=headers)
         if "/referrers/" in request.url.path:
+            if registry == "no-api":
+                return httpx.Response(404)
             return httpx.Response(200, json=listed, headers={"Content-Type": mt.OCI_INDEX})
-        return httpx.Response(599)
+        return httpx.Response(404)
 
     async with RegistryPool(
         TransportSettings(retry=RetryPolicy(attempts=1)), transport=httpx.MockTransport(handler)
     ) as pool:
         repo = pool.session().repository(Reference.parse(f"{HOST}/prod/app:1"), Side.DESTINATION)
         await push_manifest(repo, manifest.digest, manifest)
-    assert seen == [
-        f"PUT /v2/prod/app/manifests/{manifest.digest}",
-        f"GET /v2/prod/app/referrers/{SUBJECT}",
-    ]
+    put = f"PUT /v2/prod/app/manifests/{manifest.digest}"
+    listing = f"GET /v2/prod/app/referrers/{SUBJECT}"
+    expected = {
+        "oci-subject": [put],
+        "api-lists-it": [put, listing],
+        "no-api": [
+            put,
+            listing,
+            f"GET /v2/prod/app/manifests/{tag}",
+            f"PUT /v2/prod/app/manifests/{tag}",
+        ],
+    }
+    assert seen == expected[registry]

@@ -686,12 +686,6 @@ class RepositoryClient:
 
     # -- referrers API ----------------------------------------------------------------------
 
-    async def get_referrers_index(self, digest: str) -> Manifest | None:
-        """``GET /referrers/<digest>``: the index, or None when the registry has no
-        referrers API (see :meth:`list_referrers`)."""
-        answer = await self._referrers(digest, None)
-        return answer[0] if answer is not None else None
-
     async def list_referrers(
         self, digest: str, artifact_type: str | None = None
     ) -> tuple[Descriptor, ...] | None:
