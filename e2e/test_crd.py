@@ -98,6 +98,11 @@ STATUS: Obj = {
         },
         "bytesSaved": 1283247308,
         "saved": "1.2 GiB",
+        "mount": {
+            "attempted": 11,
+            "refused": 1,
+            "reason": "registry answered 202 to 1 of 11 cross-repository mounts",
+        },
         "referrers": 2,
         "requests": 17,
     },
@@ -107,7 +112,10 @@ STATUS: Obj = {
             "type": "Ready",
             "status": "True",
             "reason": "Copied",
-            "message": "12 blobs: 10 mounted, 1 existing, 1 uploaded; 1.2 GiB not transferred",
+            "message": (
+                "12 blobs: 10 mounted, 1 existing, 1 uploaded; 1.2 GiB not transferred; "
+                "not mounted: registry answered 202 to 1 of 11 cross-repository mounts"
+            ),
             "observedGeneration": 1,
             "lastTransitionTime": "2026-11-27T18:00:00Z",
         },

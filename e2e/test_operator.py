@@ -86,6 +86,7 @@ def test_same_registry_promotion_mounts_every_blob(
     assert last["blobs"]["total"] == blobs
     assert last["blobs"]["uploaded"] == 0
     assert last["bytesSaved"] == size
+    assert last["mount"] == {"attempted": blobs, "refused": 0}  # nothing to explain
     assert status["totals"] == {"copies": 1, "mountedBlobs": blobs, "bytesSaved": size}
     assert status["sourceDigest"] == image.digest
     assert status["destinationDigest"] == image.digest
@@ -125,7 +126,45 @@ def test_cross_registry_copy_uploads_every_blob(
     assert last["blobs"]["mounted"] == 0
     assert last["bytes"]["uploaded"] == size
     assert last["bytesSaved"] == 0
+    why = "different registries and no known source repository"
+    assert last["mount"] == {"attempted": 0, "refused": 0, "reason": why}
+    assert icp.condition(obj, "Ready")["message"].endswith(f"; not mounted: {why}")
     assert manifest_digest(registry_v3, dst, "2.0") == image.digest
+
+
+def test_a_registry_that_never_mounts_is_explained_in_the_status(
+    icp: ImageCopies, registry_v2: RegistryServer, registry_ggcr: RegistryServer, unique_repo: Any
+) -> None:
+    """go-containerregistry answers every mount 202: on one registry the blobs are found
+    (existing, 0 bytes moved), into it from elsewhere with a mount source they are uploaded
+    into the 202 sessions; both say why nothing was mounted."""
+    why = "registry answered 202 to cross-repository mounts"
+    src, dst = unique_repo("dev/ggcr"), unique_repo("prod/ggcr")
+    image = push_image(registry_ggcr, src, "1", layers=2, layer_size=16 * 1024)
+    blobs, size = blob_count_and_bytes(image)
+    icp.apply("same", copy_spec(registry_ggcr.ref(src, "1"), registry_ggcr.ref(dst, "1")))
+    obj = icp.wait_condition("same", reason="Copied")
+    last = obj["status"]["lastCopy"]
+    assert last["blobs"]["existing"] == blobs and last["blobs"]["mounted"] == 0
+    assert last["bytesSaved"] == size
+    assert last["mount"] == {"attempted": blobs, "refused": blobs, "reason": why}
+    assert manifest_digest(registry_ggcr, dst, "1") == image.digest
+
+    other = push_image(registry_v2, unique_repo("dev/elsewhere"), "1", layers=2)
+    mirror = unique_repo("mirror/ggcr")
+    spec = copy_spec(
+        registry_v2.ref(other.repo, "1"),
+        registry_ggcr.ref(mirror, "1"),
+        mount={"fromRepositories": [unique_repo("nothing/here")]},
+    )
+    icp.apply("into", spec)
+    obj = icp.wait_condition("into", reason="Copied")
+    last = obj["status"]["lastCopy"]
+    count = len(other.unique_blobs)
+    assert last["blobs"]["uploaded"] == count
+    assert last["mount"] == {"attempted": count, "refused": count, "reason": why}
+    assert icp.condition(obj, "Ready")["message"].endswith(f"; not mounted: {why}")
+    assert manifest_digest(registry_ggcr, mirror, "1") == other.digest
 
 
 def test_a_moving_source_tag_is_followed_at_the_interval(

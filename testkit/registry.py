@@ -1,9 +1,11 @@
 """Real OCI registries as subprocesses, for integration tests, e2e tests and benchmarks.
 
-Two implementations:
+Three implementations:
 
 - ``impl="v2"``: Debian's ``/usr/bin/docker-registry`` (distribution 2.8.2).
 - ``impl="v3"``: distribution v3 (``.tools/bin/registry``, built by ``scripts/install-tools.sh``).
+- ``impl="ggcr"``: go-containerregistry's ``pkg/registry`` v0.22.1 (``.tools/bin/ggcr-registry``,
+  the tiny program in ``testkit/ggcr-registry/``), referrers API on, auth ``"none"`` only.
 
 Auth modes: ``"none"``, ``"basic"`` (htpasswd, bcrypt) and ``"token"`` (Bearer tokens from the
 in-process :class:`~testkit.token_issuer.TokenIssuer`). ``tls=True`` serves HTTPS with a
@@ -38,6 +40,20 @@ Both 2.8.2 and v3.1.1:
   names both scopes).
 - The referrers API (``GET /v2/<repo>/referrers/<digest>``) is not served by either (404);
   clients must use the tag-schema fallback (see ``testkit/images.py``).
+
+go-containerregistry (``ggcr``), measured the same way:
+
+- No cross-repository mount: ``POST …/blobs/uploads/?mount=<d>&from=<src>`` is answered **202**
+  with an ordinary upload session (``Location: /v2/<dst>/blobs/uploads/<id>``), whether or not
+  ``<src>`` holds the blob.
+- One blob store for every repository: ``HEAD /v2/<any>/blobs/<d>`` is 200 once any repository
+  received ``<d>`` (so a same-registry copy finds every blob already there).
+- The referrers API is served (200, an image index; ``artifactType`` is not filtered and no
+  ``OCI-Filters-Applied`` is sent; the ``artifactType`` it lists is the config's media type,
+  not the manifest's own ``artifactType``), but a manifest PUT with a ``subject`` gets no
+  ``OCI-Subject`` header. Manifests are kept in memory (lost on restart).
+- ``DELETE`` of an upload session is answered 400 (sessions are not tracked).
+- The access log is written by the program's own middleware in the same combined format.
 """
 
 from __future__ import annotations
@@ -79,7 +95,8 @@ __all__ = [
 
 V2_BINARY = "/usr/bin/docker-registry"
 
-Impl = Literal["v2", "v3"]
+Impl = Literal["v2", "v3", "ggcr"]
+GGCR_TOOL = "ggcr-registry"
 AuthMode = Literal["none", "basic", "token"]
 
 _LIVE: set[RegistryServer] = set()
@@ -103,7 +120,7 @@ def find_registry_binary(impl: Impl) -> str | None:
         if os.access(V2_BINARY, os.X_OK):
             return V2_BINARY
         return shutil.which("docker-registry")
-    candidate = TOOLS_BIN / "registry"
+    candidate = TOOLS_BIN / ("registry" if impl == "v3" else GGCR_TOOL)
     if os.access(candidate, os.X_OK):
         return str(candidate)
     return None
@@ -248,8 +265,10 @@ class RegistryServer:
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
-        if self.impl not in ("v2", "v3"):
-            raise ValueError(f"impl must be v2 or v3, not {self.impl!r}")
+        if self.impl not in ("v2", "v3", "ggcr"):
+            raise ValueError(f"impl must be v2, v3 or ggcr, not {self.impl!r}")
+        if self.impl == "ggcr" and self.auth != "none":
+            raise ValueError("the ggcr registry serves no auth: use auth='none'")
         if self.auth not in ("none", "basic", "token"):
             raise ValueError(f"auth must be none, basic or token, not {self.auth!r}")
         if self.workdir is None:
@@ -398,7 +417,7 @@ class RegistryServer:
             err = open(self.log_path, "ab")  # noqa: SIM115
             try:
                 self._proc = subprocess.Popen(
-                    [binary, "serve", str(self.config_path)],
+                    self._command(binary),
                     stdout=out,
                     stderr=err,
                     stdin=subprocess.DEVNULL,
@@ -417,6 +436,15 @@ class RegistryServer:
             if fixed_port or "address already in use" not in last_err:
                 break
         raise RuntimeError(f"registry {self.impl} did not start: {last_err}")
+
+    def _command(self, binary: str) -> list[str]:
+        if self.impl != "ggcr":
+            return [binary, "serve", str(self.config_path)]
+        cmd = [binary, "-addr", f"127.0.0.1:{self.port}", "-blobs", str(self.root_dir / "blobs")]
+        if self.tls:
+            assert self.pki is not None
+            cmd += ["-cert", str(self.pki.server_chain), "-key", str(self.pki.server_key)]
+        return cmd
 
     def _wait_ready(self) -> tuple[bool, str]:
         deadline = time.monotonic() + self.startup_timeout
@@ -587,6 +615,8 @@ class RegistryServer:
     # -- storage -----------------------------------------------------------------------------
     def blob_data_path(self, digest: str) -> Path:
         algo, _, hexd = digest.partition(":")
+        if self.impl == "ggcr":
+            return self.root_dir / "blobs" / algo / hexd
         return (
             self.root_dir / "docker" / "registry" / "v2" / "blobs" / algo / hexd[:2] / hexd / "data"
         )

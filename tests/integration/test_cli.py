@@ -40,11 +40,42 @@ def test_json_report_and_peer_readback(registry_v2: RegistryServer) -> None:
     assert out["bytesSaved"] == out["bytes"]["total"] == src.total_blob_bytes
     assert out["sourceDigest"] == out["destinationDigest"] == src.digest
     assert out["requests"] == 4 + 3
+    assert out["mount"] == {"attempted": 4, "refused": 0, "reason": None}
     assert out["dryRun"] is False
     assert skopeo_digest(reg, dst) == src.digest
 
     again = run("copy", src.ref, dst, "--plain-http", reg.host, "--json")
     assert json.loads(again.stdout)["requests"] <= 2
+
+
+def test_json_says_why_go_containerregistry_mounted_nothing(
+    registry_v2: RegistryServer, registry_ggcr: RegistryServer
+) -> None:
+    why = "registry answered 202 to cross-repository mounts"
+    src = images.push_image(registry_ggcr, repo("dev"), "1", layers=2)
+    dst = f"{registry_ggcr.host}/{repo('prod')}:1"
+    proc = run("copy", src.ref, dst, "--plain-http", registry_ggcr.host, "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["blobs"] == {"total": 3, "mounted": 0, "uploaded": 0, "existing": 3}
+    assert out["mount"] == {"attempted": 3, "refused": 3, "reason": why}
+
+    other = images.push_image(registry_v2, repo("dev"), "1", layers=1)
+    mirror = f"{registry_ggcr.host}/{repo('mirror')}:1"
+    proc = run(
+        "copy",
+        other.ref,
+        mirror,
+        "--plain-http",
+        registry_v2.host,
+        "--plain-http",
+        registry_ggcr.host,
+        "--mount-from",
+        "no/where",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith(f"; not mounted: {why}")
+    assert crane_digest(registry_ggcr, mirror) == other.digest
 
 
 def test_plain_lines_and_quiet(registry_v2: RegistryServer) -> None:

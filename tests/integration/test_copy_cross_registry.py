@@ -37,9 +37,13 @@ def _uploads_by_digest(reg: RegistryServer, mark: int) -> Counter[str]:
     )
 
 
+@pytest.mark.parametrize("target", ["registry_v3", "registry_ggcr"])
 async def test_index_with_shared_and_duplicated_layers_uploads_each_blob_once(
-    registry_v2: RegistryServer, registry_v3: RegistryServer
+    target: str, registry_v2: RegistryServer, request: pytest.FixtureRequest
 ) -> None:
+    """The same counts on distribution v3 and on go-containerregistry (no mounts either way:
+    different registries and no known source repository)."""
+    registry_v3: RegistryServer = request.getfixturevalue(target)
     src = images.push_index(
         registry_v2,
         repo("dev"),
@@ -66,9 +70,11 @@ async def test_index_with_shared_and_duplicated_layers_uploads_each_blob_once(
     crane_validate(registry_v3, dst)
 
 
+@pytest.mark.parametrize("target", ["registry_v2", "registry_ggcr"])
 async def test_nested_index_and_docker_manifest_list(
-    registry_v2: RegistryServer, registry_v3: RegistryServer
+    target: str, registry_v3: RegistryServer, request: pytest.FixtureRequest
 ) -> None:
+    registry_v2: RegistryServer = request.getfixturevalue(target)
     nested = images.push_nested_index(registry_v3, repo("dev"), "nested")
     dst = f"{registry_v2.host}/{repo('mirror')}:nested"
     report = await copy(nested.ref, dst, registry_v2, registry_v3)

@@ -66,8 +66,41 @@ async def test_bearer_copy_mounts_because_token_carries_source_pull(
     assert skopeo_digest(reg, f"{reg.host}/{dst_repo}:2.0") == src.digest
 
 
-async def test_same_repository_retag_sends_no_blob_request(registry_v2: RegistryServer) -> None:
-    reg = registry_v2
+async def test_same_registry_copy_on_ggcr_finds_every_blob_without_a_mount(
+    registry_ggcr: RegistryServer,
+) -> None:
+    """go-containerregistry never mounts: each mount POST opens a session (202); its one blob
+    store answers the HEAD that follows with 200, so the session is cancelled and the blob
+    counted `existing`. Three requests per blob, no byte uploaded."""
+    reg = registry_ggcr
+    n = 3
+    src = images.push_image(reg, repo("dev"), "1.4", layers=n, layer_size=4096)
+    dst_repo = repo("prod")
+    mark = reg.mark()
+
+    report = await copy(src.ref, f"{reg.host}/{dst_repo}:1.4", reg)
+
+    log = reg.access_log_since(mark)
+    mounts = [e for e in log if e.is_mount]
+    assert len(mounts) == n + 1
+    assert all(e.status == 202 and e.q("from") == src.repo for e in mounts)
+    heads = [e for e in log if e.method == "HEAD" and "/blobs/" in e.path]
+    assert [e.status for e in heads] == [200] * (n + 1)
+    cancels = [e for e in log if e.method == "DELETE" and "/blobs/uploads/" in e.path]
+    assert len(cancels) == n + 1
+    assert not [e for e in log if e.method in ("PUT", "PATCH") and "/blobs/" in e.path]
+    assert report.blobs_existing == n + 1
+    assert report.blobs_mounted == 0 and report.blobs_uploaded == 0
+    assert report.bytes_saved == report.bytes_total == src.total_blob_bytes
+    assert report.requests == 3 * (n + 1) + 3
+    assert crane_digest(reg, f"{reg.host}/{dst_repo}:1.4") == src.digest
+
+
+@pytest.mark.parametrize("which", ["registry_v2", "registry_ggcr"])
+async def test_same_repository_retag_sends_no_blob_request(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    reg: RegistryServer = request.getfixturevalue(which)
     src = images.push_image(reg, repo("web"), "1.4", layers=2)
     mark = reg.mark()
     report = await copy(src.ref, f"{reg.host}/{src.repo}:stable", reg)
@@ -78,8 +111,9 @@ async def test_same_repository_retag_sends_no_blob_request(registry_v2: Registry
     assert crane_digest(reg, f"{reg.host}/{src.repo}:stable") == src.digest
 
 
-async def test_noop_rerun_costs_two_requests(registry_v2: RegistryServer) -> None:
-    reg = registry_v2
+@pytest.mark.parametrize("which", ["registry_v2", "registry_ggcr"])
+async def test_noop_rerun_costs_two_requests(which: str, request: pytest.FixtureRequest) -> None:
+    reg: RegistryServer = request.getfixturevalue(which)
     src = images.push_image(reg, repo("dev"), "1", layers=2)
     dst = f"{reg.host}/{repo('prod')}:1"
     first = await copy(src.ref, dst, reg)

@@ -178,3 +178,62 @@ def test_private_registry_factory_v3_token_tls(
     assert not reg.running and not workdir.exists()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_ggcr_has_no_mount_one_blob_store_and_the_referrers_api(
+    registry_ggcr: RegistryServer, unique_repo: UniqueRepo
+) -> None:
+    """go-containerregistry's registry, as measured (the third implementation): a mount POST
+    is an ordinary upload (202) even when ``from`` holds the blob; a blob pushed to one
+    repository is HEAD-visible in every other; the referrers API answers an image index, but a
+    push with a subject gets no ``OCI-Subject``."""
+    reg = registry_ggcr
+    src, dst = unique_repo("src"), unique_repo("dst")
+    image = push_image(reg, src, "1", layers=1)
+    layer = image.blobs[1]
+    mark = reg.mark()
+    with reg.client() as c:
+        r = c.post(f"/v2/{dst}/blobs/uploads/", params={"mount": layer["digest"], "from": src})
+        assert r.status_code == 202
+        assert f"/v2/{dst}/blobs/uploads/" in r.headers["Location"]
+        assert c.delete(r.headers["Location"]).status_code == 400  # sessions are not tracked
+        assert c.head(f"/v2/{dst}/blobs/{layer['digest']}").status_code == 200
+        assert c.head(f"/v2/{unique_repo('x')}/blobs/{layer['digest']}").status_code == 200
+        subject = {
+            "mediaType": image.media_type,
+            "digest": image.digest,
+            "size": len(image.manifest),
+        }
+        config: dict[str, object] = {
+            "mediaType": "application/vnd.oci.empty.v1+json",
+            "size": 2,
+            "digest": "sha256:" + hashlib.sha256(b"{}").hexdigest(),
+        }
+        r = c.post(f"/v2/{src}/blobs/uploads/", params={"digest": config["digest"]}, content=b"{}")
+        assert r.status_code == 201
+        artifact = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/vnd.example.sbom",
+            "config": config,
+            "layers": [config],
+            "subject": subject,
+        }
+        body = json.dumps(artifact).encode()
+        r = c.put(
+            f"/v2/{src}/manifests/sha256:{hashlib.sha256(body).hexdigest()}",
+            content=body,
+            headers={"Content-Type": artifact["mediaType"]},
+        )
+        assert r.status_code == 201
+        assert "OCI-Subject" not in r.headers
+        r = c.get(f"/v2/{src}/referrers/{image.digest}", params={"artifactType": "x/none"})
+        assert r.status_code == 200
+        assert r.headers["Content-Type"] == "application/vnd.oci.image.index.v1+json"
+        assert "OCI-Filters-Applied" not in r.headers  # the filter was not applied
+        assert [m["digest"] for m in r.json()["manifests"]] == [
+            "sha256:" + hashlib.sha256(body).hexdigest()
+        ]
+    log = select(reg.access_log_since(mark), repo=dst)
+    assert [(e.method, e.status) for e in log] == [("POST", 202), ("DELETE", 400), ("HEAD", 200)]
+    assert log[0].is_mount

@@ -35,6 +35,7 @@ __all__ = [
     "docker_config_dir",
     "netproxy",
     "peer_tools",
+    "registry_ggcr",
     "registry_tls",
     "registry_v2",
     "registry_v2_basic",
@@ -63,8 +64,15 @@ def require_tool(name: str, path: str | None) -> str:
     pytest.skip(reason)
 
 
+_REGISTRY_NAMES = {
+    "v2": "docker-registry (distribution 2.8.2)",
+    "v3": "registry (distribution v3)",
+    "ggcr": "ggcr-registry (go-containerregistry pkg/registry)",
+}
+
+
 def _registry_binary(impl: str) -> str:
-    name = "docker-registry (distribution 2.8.2)" if impl == "v2" else "registry (distribution v3)"
+    name = _REGISTRY_NAMES[impl]
     return require_tool(name, find_registry_binary(impl))  # type: ignore[arg-type]
 
 
@@ -114,6 +122,12 @@ def registry_v2(request: pytest.FixtureRequest) -> RegistryServer:
 def registry_v3(request: pytest.FixtureRequest) -> RegistryServer:
     """distribution v3, no auth, plain HTTP."""
     return _start(request, impl="v3")
+
+
+@pytest.fixture(scope="session")
+def registry_ggcr(request: pytest.FixtureRequest) -> RegistryServer:
+    """go-containerregistry's registry: no auth, plain HTTP, referrers API, no mounts."""
+    return _start(request, impl="ggcr")
 
 
 @pytest.fixture(scope="session")

@@ -87,6 +87,26 @@ def test_success_after_copy_sets_ready_last_copy_totals_and_pinned_image() -> No
     assert patch["destinationImage"].endswith("@sha256:" + "a" * 64)
 
 
+def test_a_copy_that_mounted_nothing_says_why_in_ready_and_last_copy() -> None:
+    report = copied_report(
+        blobs_mounted=0,
+        bytes_mounted=0,
+        blobs_uploaded=3,
+        bytes_uploaded=3000,
+        mounts_attempted=3,
+        mounts_declined={202: 3},
+    )
+    why = "registry answered 202 to cross-repository mounts"
+    patch = apply_merge_patch({}, success_patch({}, report, 1, T0))
+    assert conditions_by_type(patch)["Ready"]["message"] == (
+        f"4 blobs: 0 mounted, 1 existing, 3 uploaded; 1000 B not transferred; not mounted: {why}"
+    )
+    assert patch["lastCopy"]["mount"] == {"attempted": 3, "refused": 3, "reason": why}
+    # The next copy mounts everything: the old reason does not linger.
+    again = apply_merge_patch(patch, success_patch(patch, copied_report(mounts_attempted=3), 1, T1))
+    assert again["lastCopy"]["mount"] == {"attempted": 3, "refused": 0}
+
+
 def test_totals_accumulate_across_copies_and_ignore_no_ops() -> None:
     first = apply_merge_patch({}, success_patch({}, copied_report(), 1, T0))
     second = apply_merge_patch(first, success_patch(first, copied_report(), 1, T1))

@@ -32,7 +32,7 @@ from .mounts import MountStrategy
 from .options import CopyOptions
 from .plan import Plan, destination_reference, make_plan
 from .referrers import add_referrers
-from .report import CopyReport, Outcome
+from .report import CopyReport, MountPolicy, Outcome
 from .verify import verify_image
 
 __all__ = ["Copier"]
@@ -74,6 +74,13 @@ class Copier:
     ) -> None:
         mounts = MountStrategy(
             src, dst, enabled=options.mount, mount_from=options.mount_from, locations=self.locations
+        )
+        report.mount_policy = (
+            MountPolicy.DISABLED
+            if not options.mount
+            else MountPolicy.SAME_REGISTRY
+            if mounts.same_registry
+            else MountPolicy.ACROSS_REGISTRIES
         )
         # One token per registry covers the whole copy: push (or, for a dry run, pull) on
         # the destination, pull on every mount source; on one registry the source shares it.

@@ -260,6 +260,7 @@ class Executor:
         placement = await self.destination.ensure_blob(desc, self.mounts.route(desc.digest))
         self.mounts.learn(placement)
         self.report.count_blob(desc.size, placement.outcome)
+        self.report.count_mounts(placement)
         if self.progress is not None:
             self.progress.blob_finished(desc, placement.outcome)
 

@@ -7,16 +7,24 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from ..oci.blobs import BlobOutcome
+from ..oci.blobs import BlobOutcome, BlobPlacement
 from .verify import Verification
 
-__all__ = ["CopyReport", "Outcome", "human_bytes"]
+__all__ = ["CopyReport", "MountPolicy", "Outcome", "human_bytes"]
 
 
 class Outcome(StrEnum):
     COPIED = "Copied"  # something was pushed or linked
     UP_TO_DATE = "UpToDate"  # the destination already held everything
     TAG_EXISTS = "TagExists"  # tagPolicy IfNotPresent left an existing tag alone
+
+
+class MountPolicy(StrEnum):
+    """How the copy set out to mount: the context of ``mount.reason``."""
+
+    DISABLED = "disabled"  # spec.mount false / --no-mount
+    SAME_REGISTRY = "same registry"  # mount-first from the source repository
+    ACROSS_REGISTRIES = "across registries"  # mount_from and remembered locations only
 
 
 def human_bytes(n: int) -> str:
@@ -52,6 +60,11 @@ class CopyReport:
     duration_seconds: float = 0.0
     dry_run: bool = False
     tags: list[str] = field(default_factory=list)
+    mount_policy: MountPolicy = MountPolicy.SAME_REGISTRY
+    #: Mount requests sent, and the HTTP status of each one that did not link its blob
+    #: (0: no answer came), counted per status.
+    mounts_attempted: int = 0
+    mounts_declined: dict[int, int] = field(default_factory=dict)
     #: The verification gate's verdict (``verify`` asked); None when not asked.
     verification: Verification | None = None
     start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -67,6 +80,49 @@ class CopyReport:
         else:
             self.blobs_existing += 1
             self.bytes_existing += size
+
+    def count_mounts(self, placement: BlobPlacement) -> None:
+        """Count the mount requests one blob cost, and how each that did not mount ended."""
+        self.mounts_attempted += placement.mount_attempts
+        for status in placement.declined:
+            self.mounts_declined[status] = self.mounts_declined.get(status, 0) + 1
+
+    @property
+    def mounts_refused(self) -> int:
+        return sum(self.mounts_declined.values())
+
+    @property
+    def mount_reason(self) -> str | None:
+        """Why blobs were not mounted, in words; None when there is nothing to explain (every
+        mount linked its blob and no byte was uploaded without one being tried)."""
+        refused = self.mounts_refused
+        if refused:
+            ranked = sorted(self.mounts_declined.items(), key=lambda kv: (-kv[1], kv[0]))
+            answers = [str(code) if code else "no answer" for code, _ in ranked]
+            if len(ranked) > 1:
+                answers = [f"{a} ({n})" for a, (_, n) in zip(answers, ranked, strict=True)]
+            said = ", ".join(answers)
+            if refused == self.mounts_attempted:
+                return f"registry answered {said} to cross-repository mounts"
+            return (
+                f"registry answered {said} to {refused} of {self.mounts_attempted} "
+                "cross-repository mounts"
+            )
+        if self.blobs_uploaded == 0:
+            return None
+        if self.mount_policy is MountPolicy.DISABLED:
+            return "mounting is disabled for this copy"
+        if self.mount_policy is MountPolicy.ACROSS_REGISTRIES:
+            return "different registries and no known source repository"
+        return None  # one registry: every blob is asked for by a mount first
+
+    def mount_json(self) -> dict[str, Any]:
+        """``status.lastCopy.mount`` and ``--json``'s ``mount``."""
+        return {
+            "attempted": self.mounts_attempted,
+            "refused": self.mounts_refused,
+            "reason": self.mount_reason,
+        }
 
     @property
     def blobs_total(self) -> int:
@@ -98,7 +154,11 @@ class CopyReport:
             f"{self.blobs_total} blobs: {self.blobs_mounted} mounted, "
             f"{self.blobs_existing} existing, {self.blobs_uploaded} uploaded"
         )
-        return f"{prefix}{blobs}; {human_bytes(self.bytes_saved)} not transferred"
+        text = f"{prefix}{blobs}; {human_bytes(self.bytes_saved)} not transferred"
+        reason = self.mount_reason
+        if reason is not None and self.blobs_uploaded:
+            text += f"; not mounted: {reason}"
+        return text
 
     def last_copy(self) -> dict[str, Any]:
         """The `status.lastCopy` object."""
@@ -120,6 +180,7 @@ class CopyReport:
             },
             "bytesSaved": self.bytes_saved,
             "saved": human_bytes(self.bytes_saved),
+            "mount": self.mount_json(),
             "referrers": self.referrers,
             "requests": self.requests,
         }
@@ -138,6 +199,7 @@ class CopyReport:
             "blobs": last["blobs"],
             "bytes": last["bytes"],
             "bytesSaved": self.bytes_saved,
+            "mount": last["mount"],
             "referrers": self.referrers,
             "requests": self.requests,
             "durationSeconds": last["durationSeconds"],

@@ -73,10 +73,18 @@ class BlobOutcome(StrEnum):
 
 @dataclass(frozen=True)
 class BlobPlacement:
-    """How the blob came to be present, and the mount refusals met on the way."""
+    """How the blob came to be present, the mount refusals met on the way, and the status of
+    every mount request that did not link the blob (refusals, a 202 session, a failed POST:
+    0 when no answer came), in order: what ``status.lastCopy.mount`` counts."""
 
     outcome: BlobOutcome
     refusals: tuple[tuple[Repository, MountRefusal], ...] = ()
+    declined: tuple[int, ...] = ()
+
+    @property
+    def mount_attempts(self) -> int:
+        """Mount requests sent for this blob."""
+        return len(self.declined) + (1 if self.outcome is BlobOutcome.MOUNTED else 0)
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,7 @@ async def ensure_blob(
             return BlobPlacement(BlobOutcome.EXISTING)
         checked = True
     refusals: list[tuple[Repository, MountRefusal]] = []
+    declined: list[int] = []
     session: UploadSession | None = None
     try:
         for source in mount_from:
@@ -143,10 +152,12 @@ async def ensure_blob(
                 if not exc.retryable:
                     raise
                 log.info("mount of blob %s from %s failed, uploading: %s", desc.digest, source, exc)
+                declined.append(exc.status or 0)
                 checked = False
                 break
             if answer.mounted:
-                return BlobPlacement(BlobOutcome.MOUNTED, tuple(refusals))
+                return BlobPlacement(BlobOutcome.MOUNTED, tuple(refusals), tuple(declined))
+            declined.append(answer.status)
             if answer.session is not None:
                 session = answer.session
                 break
@@ -158,13 +169,13 @@ async def ensure_blob(
             if session is not None:
                 opened, session = session, None
                 await _discard(repo, opened, options.cancel_timeout)
-            return BlobPlacement(BlobOutcome.EXISTING, tuple(refusals))
+            return BlobPlacement(BlobOutcome.EXISTING, tuple(refusals), tuple(declined))
     except BaseException:
         if session is not None:
             await _discard(repo, session, options.cancel_timeout)
         raise
     await _upload(repo, desc, content, session, options, limits)
-    return BlobPlacement(BlobOutcome.UPLOADED, tuple(refusals))
+    return BlobPlacement(BlobOutcome.UPLOADED, tuple(refusals), tuple(declined))
 
 
 async def _upload(

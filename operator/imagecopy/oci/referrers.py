@@ -4,6 +4,12 @@ Two ways to find and publish them (OCI distribution spec 1.1): the referrers API
 (``GET /v2/<name>/referrers/<digest>``, and a registry that indexes a pushed manifest's
 ``subject`` answers its PUT with ``OCI-Subject``), and the fallback *tag schema*: an image
 index at tag ``<alg>-<hex>`` listing the referrers, which the pusher maintains itself.
+
+Pushing a manifest with a ``subject``: an ``OCI-Subject`` answer means the registry indexed
+it. Without one (go-containerregistry has the API but never sends the header) the referrers
+API is asked once: when it lists what was pushed, the registry indexed it and no tag schema
+index is written; only a registry without the API (404, 400, 405, 406, a redirect: remembered
+per repository client, so asked once) or one that did not list the push gets the tag schema.
 """
 
 from __future__ import annotations
@@ -42,15 +48,31 @@ class Referrers:
     from_api: bool
 
 
-async def find_referrers(repo: RepositoryClient, subject: str) -> Referrers:
-    """The referrers of ``subject``: the referrers API, else the tag schema index."""
-    index = await repo.get_referrers_index(subject)
-    if index is not None:
-        return Referrers(index.manifests, True)
+async def find_referrers(
+    repo: RepositoryClient, subject: str, artifact_type: str | None = None
+) -> Referrers:
+    """The referrers of ``subject`` (only those of ``artifact_type`` when given): the
+    referrers API, else the tag schema index."""
+    listed = await repo.list_referrers(subject, artifact_type)
+    if listed is not None:
+        return Referrers(listed, True)
     tagged = await repo.get_manifest(referrers_tag(subject), missing_ok=True)
     if tagged is None or not tagged.is_index:
         return Referrers((), False)
-    return Referrers(tagged.manifests, False)
+    found = tagged.manifests
+    if artifact_type is not None:
+        found = tuple(d for d in found if d.artifact_type == artifact_type)
+    return Referrers(found, False)
+
+
+async def _indexed_by_api(repo: RepositoryClient, subject: str, digests: set[str]) -> bool:
+    """Whether the registry's referrers API lists every one of ``digests`` for ``subject``
+    (a push answered without ``OCI-Subject``); False at once for a registry known to lack
+    the API."""
+    if repo.referrers_api is False:
+        return False
+    listed = await repo.list_referrers(subject)
+    return listed is not None and digests <= {d.digest for d in listed}
 
 
 def referrer_descriptor(manifest: Manifest) -> Descriptor:
@@ -78,22 +100,26 @@ async def push_manifest(repo: RepositoryClient, reference: str, manifest: Manife
     """Push ``manifest`` at ``reference``; one with a ``subject`` is also listed in its
     subject's tag schema index when the registry did not index it (no ``OCI-Subject``)."""
     headers = await repo.put_manifest(reference, manifest)
-    if manifest.subject is not None and "OCI-Subject" not in headers:
-        await _add_to_tag_index(repo, manifest.subject.digest, [referrer_descriptor(manifest)])
+    subject = manifest.subject
+    if subject is None or "OCI-Subject" in headers:
+        return
+    if not await _indexed_by_api(repo, subject.digest, {manifest.digest}):
+        await _add_to_tag_index(repo, subject.digest, [referrer_descriptor(manifest)])
 
 
 async def push_referrers(repo: RepositoryClient, items: Sequence[tuple[Manifest, str]]) -> int:
     """Push each ``(manifest, subject digest)`` by digest, in order, and keep the tag
-    schema index of every subject whose push was not answered with ``OCI-Subject`` (the
-    registry then has no referrers API): one read and one write of each such index.
-    Returns the number of manifests pushed."""
+    schema index of every subject whose push was not answered with ``OCI-Subject`` and that
+    the referrers API does not list (the registry then has no referrers API): one read and
+    one write of each such index. Returns the number of manifests pushed."""
     unindexed: dict[str, list[Descriptor]] = {}
     for manifest, subject in items:
         headers = await repo.put_manifest(manifest.digest, manifest)
         if "OCI-Subject" not in headers:
             unindexed.setdefault(subject, []).append(referrer_descriptor(manifest))
     for subject, descs in unindexed.items():
-        await _add_to_tag_index(repo, subject, descs)
+        if not await _indexed_by_api(repo, subject, {d.digest for d in descs}):
+            await _add_to_tag_index(repo, subject, descs)
     return len(items)
 
 

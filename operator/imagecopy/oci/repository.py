@@ -203,6 +203,9 @@ class RepositoryClient:
         self._base = (
             f"{session.settings.scheme(self.registry)}://{self.registry}/v2/{repository.path}"
         )
+        #: What the referrers endpoint said so far: True (it answered an index), False (no
+        #: referrers API: 404, 400, 405, 406, a redirect or not an index), None (not asked).
+        self.referrers_api: bool | None = None
 
     def __repr__(self) -> str:
         return f"RepositoryClient({self.side.value} {self.name})"
@@ -697,18 +700,47 @@ class RepositoryClient:
 
     # -- referrers API ----------------------------------------------------------------------
 
-    async def get_referrers_index(self, digest: str) -> Manifest | None:
-        """``GET /referrers/<digest>``: the index, or None when the registry has no
-        referrers API (404, 400, 405 or an answer that is not an image index)."""
+    async def list_referrers(
+        self, digest: str, artifact_type: str | None = None
+    ) -> tuple[Descriptor, ...] | None:
+        """The referrers of ``digest`` by the referrers API, only those of ``artifact_type``
+        when given (asked of the registry with ``?artifactType=``; filtered here when its
+        answer lacks ``OCI-Filters-Applied: artifactType``), or None when the registry has no
+        referrers API.
+
+        No API: 404, 400 (Quay), 405, 406 (older Artifactory), a redirect (not followed: GHCR
+        sends some requests to a rate-limited API) or a 200 that is not an image index. A 429
+        that outlived the transport's retries is ``RateLimited``, never taken for "no API".
+        """
+        answer = await self._referrers(digest, artifact_type)
+        if answer is None:
+            return None
+        index, filters = answer
+        found = index.manifests
+        if artifact_type is not None and "artifacttype" not in filters:
+            found = tuple(d for d in found if d.artifact_type == artifact_type)
+        return found
+
+    async def _referrers(
+        self, digest: str, artifact_type: str | None
+    ) -> tuple[Manifest, frozenset[str]] | None:
         url = self._reference_url("referrers", digest, tags=False)
+        params = {"artifactType": artifact_type} if artifact_type is not None else None
         async with self._manifest_slot():
             response = await self._send(
-                "list referrers", "GET", url, headers={"Accept": mt.OCI_INDEX}, stream=True
+                "list referrers",
+                "GET",
+                url,
+                headers={"Accept": mt.OCI_INDEX},
+                params=params,
+                stream=True,
             )
             try:
-                if response.status_code == 200:
+                code = response.status_code
+                if code == 200:
                     content_type = response.headers.get("Content-Type", "")
                     if not content_type.startswith(mt.OCI_INDEX):
+                        self.referrers_api = False
                         return None
                     data = await self._read_limited(
                         response,
@@ -716,13 +748,22 @@ class RepositoryClient:
                         f"the referrers index of {digest} in {self.name}",
                         MAX_REFERRERS_BODY_BYTES,
                     )
-                    return parse_manifest(data, mt.OCI_INDEX, f"referrers of {digest}")
-                if response.status_code in (404, 400, 405):
+                    index = parse_manifest(data, mt.OCI_INDEX, f"referrers of {digest}")
+                    self.referrers_api = True
+                    applied = response.headers.get("OCI-Filters-Applied", "")
+                    filters = frozenset(f.strip().lower() for f in applied.split(",") if f)
+                    return index, filters
+                if code in _NO_REFERRERS_API or 300 <= code < 400:
+                    self.referrers_api = False
                     return None
                 answer = await self._buffered(response)
                 raise self.fail(answer, "list referrers", f"referrers of {digest}")
             finally:
                 await response.aclose()
+
+
+#: Answers of the referrers endpoint that mean "no referrers API here" (redirects too).
+_NO_REFERRERS_API = frozenset({400, 404, 405, 406})
 
 
 _MOUNT_REFUSALS = {
