@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from e2e.controlplane import ControlPlane
-from e2e.operator_harness import ImageCopies, OperatorProcess
+from e2e.operator_harness import ImageCopies, OperatorProcess, metric_value
 from testkit import images
 from testkit.netproxy import NetProxy
 from testkit.registry import RegistryServer
@@ -46,6 +46,9 @@ RECOVERY = 90.0
 #: Descriptors an operator may hold beyond its baseline after a fault: pooled keep-alive
 #: connections to the registries of the test (a leak grows past this with every fault).
 FD_SLACK = 24
+#: Event-loop tasks the operator may hold above its level once the test's objects are gone
+#: (a watch stream being re-opened, a scrape, a late status write).
+TASK_SLACK = 8
 
 
 @pytest.fixture(scope="module")
@@ -71,19 +74,35 @@ def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def tasks(operator: OperatorProcess) -> int:
+    return int(metric_value(operator.metrics(), "imagecopy_event_loop_tasks"))
+
+
 @pytest.fixture
-def watched(operator: OperatorProcess) -> Iterator[OperatorProcess]:
-    """The module's operator; after the test, still the same process (no crash, no restart)
-    and its descriptors back within ``FD_SLACK`` of what it held before."""
+def watched(
+    operator: OperatorProcess, control_plane: ControlPlane, namespace: str
+) -> Iterator[OperatorProcess]:
+    """The module's operator; after the test, still the same process (no crash, no restart),
+    its descriptors back within ``FD_SLACK`` of what it held before and, once the test's
+    objects are deleted, its event-loop tasks (``imagecopy_event_loop_tasks``: one daemon per
+    object, each copy's tasks) back within ``TASK_SLACK``."""
     pid = operator.pid
     assert pid is not None and operator.running
     before = fds(pid)
+    tasks_before = tasks(operator)
+    assert tasks_before > 0
     yield operator
     assert operator.running and operator.pid == pid, "the operator restarted or died"
     deadline = time.monotonic() + 20
     while fds(pid) > before + FD_SLACK and time.monotonic() < deadline:
         time.sleep(0.5)
     assert fds(pid) <= before + FD_SLACK, f"descriptors: {before} before, {fds(pid)} after"
+    control_plane.kubectl("delete", "imagecopy", "--all", "-n", namespace, "--timeout=60s")
+    deadline = time.monotonic() + 30
+    while tasks(operator) > tasks_before + TASK_SLACK and time.monotonic() < deadline:
+        time.sleep(0.5)
+    after = tasks(operator)
+    assert after <= tasks_before + TASK_SLACK, f"event-loop tasks: {tasks_before} before, {after}"
 
 
 def ready_at(

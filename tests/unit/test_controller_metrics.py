@@ -66,3 +66,31 @@ def test_a_copy_shows_up_in_blob_byte_and_request_counters_on_metrics() -> None:
     assert sample(text, 'imagecopy_objects{condition="Ready"}') == 2
     assert sample(text, 'imagecopy_objects{condition="Stalled"}') == 1
     assert sample(text, 'imagecopy_objects{condition="Reconciling"}') == 0
+
+
+def test_the_event_loop_task_gauge_counts_live_tasks_from_the_metrics_thread() -> None:
+    """Scraped from another thread (as ``/metrics`` is), the gauge follows the loop's tasks."""
+    import asyncio
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+
+    def scrape() -> float:
+        value = registry.get_sample_value("imagecopy_event_loop_tasks")
+        assert value is not None
+        return value
+
+    async def main() -> tuple[float, float, float]:
+        metrics.watch_event_loop(asyncio.get_running_loop())
+        at_rest = await asyncio.to_thread(scrape)
+        gate = asyncio.Event()
+        held = [asyncio.create_task(gate.wait()) for _ in range(5)]
+        busy = await asyncio.to_thread(scrape)
+        gate.set()
+        await asyncio.gather(*held)
+        after = await asyncio.to_thread(scrape)
+        return at_rest, busy, after
+
+    at_rest, busy, after = asyncio.run(main())
+    assert busy == at_rest + 5
+    assert after == at_rest

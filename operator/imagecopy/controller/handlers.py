@@ -94,6 +94,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
     metrics = Metrics(registry)
+    metrics.watch_event_loop(asyncio.get_running_loop())
     if config.metrics_port:
         serve_metrics(config.metrics_port, registry)
     # The pool reports requests to the service (metrics, copy progress), which needs the

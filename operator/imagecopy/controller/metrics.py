@@ -13,6 +13,7 @@ a registry no object names any more are dropped.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -92,6 +93,11 @@ class Metrics:
             ["condition"],
             **kwargs,
         )
+        self.tasks = Gauge(
+            "imagecopy_event_loop_tasks",
+            "asyncio tasks alive on the operator's event loop (a leak shows as growth at rest).",
+            **kwargs,
+        )
         for outcome in ("mounted", "uploaded", "existing"):
             self.blobs.labels(outcome)
             self.bytes.labels(outcome)
@@ -137,6 +143,12 @@ class Metrics:
             for method, code in self._series.pop(gone, ()):
                 self.requests.remove(gone, method, code)
         self._named = named
+
+    def watch_event_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Report the tasks alive on ``loop`` at every scrape (``imagecopy_event_loop_tasks``).
+        Scrapes run on the metrics thread; ``asyncio.all_tasks`` tolerates the loop changing
+        its task set meanwhile."""
+        self.tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
 
     def set_copy_slots(self, in_use: int, waiting: int) -> None:
         self.copy_slots.labels("inUse").set(in_use)
