@@ -69,6 +69,13 @@ class _Handler(BaseHTTPRequestHandler):
         entry = self._record()
         if entry["path"] == "/api/v1/namespaces/ns/secrets/pull":
             self._answer(200, {"kind": "Secret", "metadata": {"name": "pull"}, "type": "Opaque"})
+        elif entry["path"].startswith("/api/v1/namespaces/ns/serviceaccounts/default"):
+            account = {
+                "kind": "ServiceAccount",
+                "metadata": {"name": "default", "managedFields": [{"manager": "x"}]},
+                "imagePullSecrets": [{"name": "pull"}],
+            }
+            self._answer(200, account)
         elif entry["path"] == "/api/v1/namespaces/ns/secrets/locked":
             self._answer(403, {"kind": "Status", "code": 403})
         else:
@@ -177,6 +184,38 @@ async def test_patches_and_reads_reuse_one_connection(api: FakeApi) -> None:
         kube.close()
     assert len(api.requests) == 9
     assert api.connections == 1
+
+
+async def test_service_accounts_are_cached_for_a_while_and_bounded(api: FakeApi) -> None:
+    """A quiet re-check must not GET the namespace's default ServiceAccount every time."""
+    now = [0.0]
+    kube = KubeClient(clock=lambda: now[0], account_ttl=60.0, account_cache_size=2)
+    kube.connect(kopf.ConnectionInfo(server=api.url, token="t"))
+
+    try:
+        account = await kube.read_service_account("ns", "default")
+        assert account == {"imagePullSecrets": [{"name": "pull"}]}  # only what is used
+        now[0] = 59.0
+        assert await kube.read_service_account("ns", "default") == account
+        assert len(api.requests) == 1
+        now[0] = 61.0  # expired: read again
+        assert await kube.read_service_account("ns", "default") == account
+        assert len(api.requests) == 2
+        assert await kube.read_service_account("other", "default") is None  # absent: cached
+        assert await kube.read_service_account("other", "default") is None
+        assert len(api.requests) == 3
+        await kube.read_service_account("third", "default")  # over the bound: LRU goes
+        assert len(api.requests) == 4
+        await kube.read_service_account("other", "default")
+        assert len(api.requests) == 4
+        await kube.read_service_account("ns", "default")
+        assert len(api.requests) == 5
+        # Secrets are never cached.
+        await kube.read_secret("ns", "pull")
+        await kube.read_secret("ns", "pull")
+        assert len(api.requests) == 7
+    finally:
+        kube.close()
 
 
 async def test_the_client_names_itself_in_the_user_agent(api: FakeApi) -> None:

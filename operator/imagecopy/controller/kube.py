@@ -3,7 +3,13 @@
 (docs/reference.md §2, §9).
 
 The client has no login of its own: ``connect`` takes the ``ConnectionInfo`` of Kopf's login
-(``login``), and every re-login connects it again. Calls made before the first login wait
+(``login``), and every re-login connects it again.
+
+ServiceAccount reads are cached per namespace and name for ``SERVICE_ACCOUNT_TTL`` seconds
+(at most ``SERVICE_ACCOUNT_CACHE_SIZE`` entries, least recently used dropped first; only
+``imagePullSecrets`` is kept): every check of every object without ``secretRef`` needs the
+namespace's ``default`` account, and a quiet re-check should cost one API call, its status
+patch (issue 15). Secrets are never cached. Calls made before the first login wait
 for it.
 
 Uses the synchronous ``kubernetes`` client in a worker thread (``kubernetes_asyncio`` is not a
@@ -19,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,6 +40,8 @@ from .login import api_configuration
 __all__ = [
     "GROUP",
     "PLURAL",
+    "SERVICE_ACCOUNT_CACHE_SIZE",
+    "SERVICE_ACCOUNT_TTL",
     "VERSION",
     "Forbidden",
     "KubeClient",
@@ -44,6 +54,9 @@ PLURAL = "imagecopies"
 FIELD_MANAGER = "imagecopy-operator"
 _TIMEOUT = (10.0, 30.0)
 USER_AGENT = f"imagecopy-operator/{__version__}"
+#: Seconds a ServiceAccount read is reused, and how many are kept.
+SERVICE_ACCOUNT_TTL = 60.0
+SERVICE_ACCOUNT_CACHE_SIZE = 1024
 
 
 class KubernetesUnavailable(ImageCopyError):
@@ -70,8 +83,22 @@ class _Apis:
 class KubeClient:
     """A few typed calls over the ``kubernetes`` client, connected by ``connect``."""
 
-    def __init__(self, *, login_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        *,
+        login_timeout: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        account_ttl: float = SERVICE_ACCOUNT_TTL,
+        account_cache_size: int = SERVICE_ACCOUNT_CACHE_SIZE,
+    ) -> None:
         self._login_timeout = login_timeout
+        self._clock = clock
+        self._account_ttl = account_ttl
+        self._account_cache_size = account_cache_size
+        #: (namespace, name) → (expiry, the account's imagePullSecrets part or None).
+        self._accounts: OrderedDict[tuple[str, str], tuple[float, Mapping[str, Any] | None]] = (
+            OrderedDict()
+        )
         self._apis: _Apis | None = None
         self._connected = asyncio.Event()
         # Clients of earlier logins: a call in a worker thread may still be using one.
@@ -126,11 +153,26 @@ class KubeClient:
         )
 
     async def read_service_account(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The ServiceAccount's ``imagePullSecrets`` (``{"imagePullSecrets": [...]}``), None
+        when it does not exist; cached (module docstring). Errors as ``read_secret``; they
+        are not cached."""
+        key = (namespace, name)
+        now = self._clock()
+        cached = self._accounts.get(key)
+        if cached is not None and cached[0] > now:
+            self._accounts.move_to_end(key)
+            return cached[1]
         what = f"reading ServiceAccount {namespace}/{name}"
         apis = await self._current(what)
-        return await asyncio.to_thread(
+        account = await asyncio.to_thread(
             _read, apis.core.read_namespaced_service_account, namespace, name, what
         )
+        kept = None if account is None else {"imagePullSecrets": account.get("imagePullSecrets")}
+        self._accounts[key] = (self._clock() + self._account_ttl, kept)
+        self._accounts.move_to_end(key)
+        while len(self._accounts) > self._account_cache_size:
+            self._accounts.popitem(last=False)
+        return kept
 
     # -- status -----------------------------------------------------------------------------
 
