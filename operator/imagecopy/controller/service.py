@@ -36,6 +36,7 @@ from .deadline import CopyWatchdog, note_request
 from .failures import CAPPED_AT_STALLED_RETRY, Failure, failure_for
 from .kube import KubernetesUnavailable
 from .metrics import Metrics
+from .progress import CopyProgress, report_progress
 from .schedule import Schedule
 from .settings import Settings, format_duration
 from .slots import FairSlots
@@ -65,6 +66,8 @@ __all__ = [
 ]
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+log = logging.getLogger("imagecopy.controller")
 
 
 @dataclass(frozen=True)
@@ -246,7 +249,7 @@ class ImageCopyService:
             self._check_allowed(spec)
             self._name_registries(attempt.state, spec)
             await attempt.started(spec)
-            report = await self._copy(ref, spec, attempt.status)
+            report = await self._copy(ref, spec, attempt.status, attempt.write_progress)
         except Exception as exc:
             if not isinstance(exc, ImageCopyError):
                 logger.error("reconcile failed with an internal error", exc_info=exc)
@@ -273,7 +276,11 @@ class ImageCopyService:
         )
 
     async def _copy(
-        self, ref: ObjectRef, spec: ImageCopySpec, status: Mapping[str, Any]
+        self,
+        ref: ObjectRef,
+        spec: ImageCopySpec,
+        status: Mapping[str, Any],
+        write_progress: Callable[[Mapping[str, Any]], Awaitable[None]],
     ) -> CopyReport:
         credentials = await resolve_credentials(self.secrets, ref.namespace, spec)
         policy = None
@@ -282,15 +289,33 @@ class ImageCopyService:
         async with self._copy_slots.slot(ref.namespace):
             # The clocks start with the slot: waiting for one is not the copy's fault.
             watchdog = CopyWatchdog(self.settings.copy_timeout, self.settings.stall_timeout)
+            progress = CopyProgress(watchdog)
             options = replace(
                 spec.copy_options(self.settings.blob_concurrency),
-                progress=watchdog,
+                progress=progress,
                 verify=policy,
                 bounds=self.settings.bounds,
             )
-            return await watchdog.run(
-                self.copier.copy(spec.source, spec.destination, options, credentials)
+            done = asyncio.Event()
+            reporter = asyncio.create_task(
+                report_progress(
+                    progress, write_progress, self.settings.progress_interval, done, self._now
+                )
             )
+            try:
+                return await watchdog.run(
+                    self.copier.copy(spec.source, spec.destination, options, credentials)
+                )
+            finally:
+                # A progress write under way lands before the attempt's final one.
+                done.set()
+                try:
+                    await reporter
+                except asyncio.CancelledError:
+                    reporter.cancel()
+                    raise
+                except Exception as exc:  # a progress report never decides the copy
+                    log.error("progress reporting of %s failed", ref, exc_info=exc)
 
     def _check_allowed(self, spec: ImageCopySpec) -> None:
         for side, registry in (
@@ -413,8 +438,15 @@ class _Attempt:
         self.state.transient_failures = 0
         self.state.last_failure = None
 
+    async def write_progress(self, progress: Mapping[str, Any]) -> None:
+        """``status.progress`` of the running copy (``progress``)."""
+        await self._write({"progress": dict(progress)})
+
     async def _write(self, patch: dict[str, Any]) -> None:
-        """Merge-patch the status; on success ``self.status`` is the status after it."""
+        """Merge-patch the status; on success ``self.status`` is the status after it. Any
+        other write removes ``status.progress``: the copy it described is over."""
+        if "progress" in self.status and "progress" not in patch:
+            patch = {**patch, "progress": None}
         ref = self.ref
         try:
             written = await self.service.status_writer.patch_status(ref.namespace, ref.name, patch)

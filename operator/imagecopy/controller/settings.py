@@ -196,6 +196,8 @@ class Settings:
     max_copies_per_namespace: int | None = None
     #: The image-graph limits of every copy (``IMAGECOPY_MAX_INDEX_CHILDREN`` …).
     bounds: Bounds = field(default_factory=Bounds)
+    #: Seconds between ``status.progress`` writes of a running copy (``progress``).
+    progress_interval: float = 10.0
 
     @property
     def namespace_copy_slots(self) -> int:
@@ -309,6 +311,7 @@ class Settings:
             metrics_port=integer("IMAGECOPY_METRICS_PORT", 8080, 0),
             copy_timeout=_timeout(env, "IMAGECOPY_COPY_TIMEOUT", 1800.0),
             stall_timeout=_timeout(env, "IMAGECOPY_STALL_TIMEOUT", 120.0),
+            progress_interval=_timeout(env, "IMAGECOPY_PROGRESS_INTERVAL", 10.0),
             max_copies_per_namespace=(
                 integer("IMAGECOPY_MAX_COPIES_PER_NAMESPACE", 1, 1)
                 if env.get("IMAGECOPY_MAX_COPIES_PER_NAMESPACE", "").strip()
