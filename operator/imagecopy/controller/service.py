@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -157,6 +158,10 @@ class ImageCopyService:
             on_change=self._update_slot_gauge,
         )
         self._objects: dict[str, _ObjectState] = {}
+        # Running sums over ``_objects`` (kept per change, not recounted: a recount on every
+        # status write costs O(objects) each, O(objects²) per round of copies; issue 15).
+        self._condition_counts: Counter[str] = Counter()
+        self._registry_counts: Counter[str] = Counter()
         # Exact allow-list entries are label values from the start (globs name no host).
         self._listed_registries = frozenset(
             name
@@ -192,8 +197,7 @@ class ImageCopyService:
         state = self._state(ref)
         stop = asyncio.ensure_future(stopped)
         if state.status is None:
-            state.true_conditions = true_conditions(body.get("status"))
-            self._update_object_gauge()
+            self._set_conditions(state, true_conditions(body.get("status")))
         try:
             delay = self.first_look(body)
             while await self._sleep(state, delay, stop):
@@ -201,9 +205,9 @@ class ImageCopyService:
         finally:
             stop.cancel()
             gone = self._objects.pop(ref.uid, None)
-            self._update_object_gauge()
-            if gone is not None and gone.registries:
-                self._update_registry_names()
+            if gone is not None:
+                self._set_conditions(gone, frozenset())
+                self._set_registries(gone, frozenset())
 
     async def _sleep(
         self, state: _ObjectState, delay: float | None, stop: asyncio.Future[Any]
@@ -335,8 +339,13 @@ class ImageCopyService:
             state = self._objects[ref.uid] = _ObjectState()
         return state
 
-    def _update_object_gauge(self) -> None:
-        self.metrics.set_objects(s.true_conditions for s in self._objects.values())
+    def _set_conditions(self, state: _ObjectState, conditions: frozenset[str]) -> None:
+        """Record the True conditions of one object; the gauge follows the sums."""
+        if conditions != state.true_conditions:
+            self._condition_counts.subtract(state.true_conditions)
+            self._condition_counts.update(conditions)
+            state.true_conditions = conditions
+        self.metrics.set_object_counts(self._condition_counts)
 
     def _update_slot_gauge(self) -> None:
         self.metrics.set_copy_slots(self._copy_slots.in_use, self._copy_slots.waiting)
@@ -349,15 +358,21 @@ class ImageCopyService:
             for registry in (spec.source.registry, spec.destination.registry)
             for name in _label_names(registry)
         )
-        if names != state.registries:
-            state.registries = names
-            self._update_registry_names()
+        self._set_registries(state, names)
 
-    def _update_registry_names(self) -> None:
-        named = set(self._listed_registries)
-        for state in self._objects.values():
-            named |= state.registries
-        self.metrics.name_registries(named)
+    def _set_registries(self, state: _ObjectState, names: frozenset[str]) -> None:
+        if names == state.registries:
+            return
+        counts = self._registry_counts
+        before = set(counts)
+        counts.update(names)
+        counts.subtract(state.registries)
+        for name in state.registries - names:
+            if counts[name] <= 0:
+                del counts[name]
+        state.registries = names
+        if set(counts) != before:
+            self.metrics.name_registries(self._listed_registries | set(counts))
 
 
 @dataclass
@@ -458,8 +473,7 @@ class _Attempt:
             self.logger.debug("object is gone; status not written")
             return
         self.status = self.state.status = apply_merge_patch(self.status, patch)
-        self.state.true_conditions = true_conditions(self.status)
-        self.service._update_object_gauge()
+        self.service._set_conditions(self.state, true_conditions(self.status))
 
     def _now(self) -> datetime:
         return self.service._now()
