@@ -239,7 +239,8 @@ def write_report(results: list[dict[str, Any]], out: Path, meta: dict[str, Any])
         f"Run {meta['date']} on {meta['machine']} ({meta['cpus']} cores, shared with the API "
         f"server, etcd and the registry); `bench/scale.py` (method in its docstring). Same-"
         f"registry copies of one 4-blob image (every blob mounted), `interval: "
-        f"{meta['interval']}s`, default operator settings.",
+        f"{meta['interval']}s`, default operator settings; commit {meta['commit']}; "
+        f"1-minute load average {meta['load']}.",
         "",
         "| | " + " | ".join(f"N = {r['objects']}" for r in results) + " |",
         "|---|" + "---|" * len(results),
@@ -263,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     workdir = Path(tempfile.mkdtemp(prefix="imagecopy-scale-"))
+    load_before = os.getloadavg()[0]
     results = []
     with ControlPlane() as plane:
         plane.apply_crds()
@@ -281,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "interval": args.interval,
+        "load": f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after",
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
         ).stdout.strip(),
