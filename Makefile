@@ -9,7 +9,7 @@ export PATH := $(TOOLS)/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export IMAGECOPY_REQUIRE_TOOLS := 1
 export IMAGECOPY_REQUIRE_E2E := 1
 
-.PHONY: test venv tools controlplane lint typecheck unit fuzz integration e2e faults demo bench clean
+.PHONY: test venv tools controlplane lint typecheck unit fuzz integration e2e faults demo bench bench-scale clean
 
 test: venv tools controlplane lint typecheck unit integration e2e
 
@@ -63,6 +63,10 @@ demo: venv tools controlplane
 
 bench: venv tools
 	$(PY) -m bench.run
+
+# The operator with 100 and 1,000 objects on the real API server (bench/scale.md); not a test.
+bench-scale: venv tools controlplane
+	$(PY) -m bench.scale
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

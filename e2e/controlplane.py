@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import json
 import os
 import secrets
 import shutil
@@ -63,6 +64,19 @@ CRD_DIR = REPO_ROOT / "deploy" / "crds"
 LOG_ROOT = REPO_ROOT / "e2e" / ".logs"
 
 ADMIN_USER = "imagecopy-e2e-admin"
+#: Audit policy: one line per finished request (metadata only), except the API server's own
+#: loopback traffic and health probes.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: None
+  users: ["system:apiserver"]
+- level: None
+  nonResourceURLs: ["/readyz*", "/healthz*", "/livez*"]
+- level: Metadata
+"""
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 10.0
 
@@ -249,6 +263,42 @@ class ControlPlane:
         return self.workdir / "kubeconfig"
 
     @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: one JSON event per line (``AUDIT_POLICY``)."""
+        return self.workdir / "audit.log"
+
+    def admin_kubeconfig_via(self, server: str, path: Path) -> Path:
+        """An admin kubeconfig that reaches the API server at ``server`` (e.g. a proxy in
+        front of it, serving the same certificate)."""
+        path.write_text(
+            _kubeconfig(server, self.ca_file.read_bytes(), ADMIN_USER, self.token, "default")
+        )
+        path.chmod(0o600)
+        return path
+
+    def audit_events(self, user_agent_prefix: str | None = None) -> list[dict[str, Any]]:
+        """Finished requests so far (stage ``ResponseComplete``), optionally only those whose
+        User-Agent starts with ``user_agent_prefix``. Events of one request share ``auditID``;
+        a watch also logs ``ResponseStarted``, which is left out."""
+        events: list[dict[str, Any]] = []
+        if not self.audit_log.exists():
+            return events
+        with open(self.audit_log, encoding="utf-8") as log:
+            for line in log:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue  # a line being written
+                if event.get("stage") != "ResponseComplete":
+                    continue
+                if user_agent_prefix and not str(event.get("userAgent", "")).startswith(
+                    user_agent_prefix
+                ):
+                    continue
+                events.append(event)
+        return events
+
+    @property
     def ca_file(self) -> Path:
         """The API server's self-signed serving certificate (use it as the CA bundle)."""
         return self.workdir / "certs" / "apiserver.crt"
@@ -381,6 +431,8 @@ class ControlPlane:
         tokens = self.workdir / "tokens.csv"
         tokens.write_text(f'{self.token},{ADMIN_USER},{uuid.uuid4()},"system:masters"\n')
         tokens.chmod(0o600)
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(AUDIT_POLICY)
         self.port = free_port()
         self._spawn(
             "kube-apiserver",
@@ -400,6 +452,9 @@ class ControlPlane:
                 f"--token-auth-file={tokens}",
                 "--allow-privileged=true",
                 "--endpoint-reconciler-type=none",
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
                 "--v=1",
             ],
         )

@@ -50,8 +50,11 @@ class OperatorProcess:
         args: tuple[str, ...] = (),
         kopf_options: tuple[str, ...] = ("--standalone", "--all-namespaces"),
         log_path: Path | None = None,
+        kubeconfig: Path | None = None,
     ) -> None:
         self.control_plane = control_plane
+        #: The control plane's admin kubeconfig unless another is given.
+        self.kubeconfig = kubeconfig
         self.extra_env = {**TEST_ENV, **(env or {})}
         self.args = args
         self.kopf_options = kopf_options
@@ -79,7 +82,7 @@ class OperatorProcess:
         self.liveness_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGECOPY_")}
         env.update(self.extra_env)
-        env["KUBECONFIG"] = str(self.control_plane.kubeconfig)
+        env["KUBECONFIG"] = str(self.kubeconfig or self.control_plane.kubeconfig)
         env["IMAGECOPY_METRICS_PORT"] = str(self.metrics_port)
         env["PYTHONUNBUFFERED"] = "1"
         argv = [

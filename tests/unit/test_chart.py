@@ -290,6 +290,7 @@ def test_operator_settings_become_env_vars(helm: str, tmp_path: Path) -> None:
             "maxCopiesPerNamespace": 1,
             "copyTimeout": "1h",
             "stallTimeout": "5m",
+            "progressInterval": "30s",
         },
         "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
     }
@@ -308,6 +309,7 @@ def test_operator_settings_become_env_vars(helm: str, tmp_path: Path) -> None:
         "IMAGECOPY_MAX_COPIES_PER_NAMESPACE": "1",
         "IMAGECOPY_COPY_TIMEOUT": "1h",
         "IMAGECOPY_STALL_TIMEOUT": "5m",
+        "IMAGECOPY_PROGRESS_INTERVAL": "30s",
     }
     assert env["HTTPS_PROXY"] == "http://proxy:3128"
     assert {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"] == 9090
@@ -333,6 +335,7 @@ def test_values_cover_every_operator_setting() -> None:
         "maxCopiesPerNamespace",
         "copyTimeout",
         "stallTimeout",
+        "progressInterval",
     }
 
 

@@ -23,11 +23,13 @@ PEM = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
 
 
 class FakeApi(ThreadingHTTPServer):
-    """Answers a Secret read and a status patch; records what each request carried."""
+    """Answers a Secret read and a status patch over keep-alive HTTP/1.1; records what each
+    request carried and counts the TCP connections it accepted."""
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.requests: list[dict[str, Any]] = []
+        self.connections = 0
 
     @property
     def url(self) -> str:
@@ -36,6 +38,11 @@ class FakeApi(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: FakeApi
+    protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.connections += 1
 
     def _record(self) -> dict[str, Any]:
         length = int(self.headers.get("Content-Length") or 0)
@@ -44,6 +51,7 @@ class _Handler(BaseHTTPRequestHandler):
             "path": self.path.split("?")[0],
             "authorization": self.headers.get("Authorization"),
             "content_type": self.headers.get("Content-Type"),
+            "user_agent": self.headers.get("User-Agent"),
             "body": json.loads(self.rfile.read(length)) if length else None,
         }
         self.server.requests.append(entry)
@@ -61,6 +69,13 @@ class _Handler(BaseHTTPRequestHandler):
         entry = self._record()
         if entry["path"] == "/api/v1/namespaces/ns/secrets/pull":
             self._answer(200, {"kind": "Secret", "metadata": {"name": "pull"}, "type": "Opaque"})
+        elif entry["path"].startswith("/api/v1/namespaces/ns/serviceaccounts/default"):
+            account = {
+                "kind": "ServiceAccount",
+                "metadata": {"name": "default", "managedFields": [{"manager": "x"}]},
+                "imagePullSecrets": [{"name": "pull"}],
+            }
+            self._answer(200, account)
         elif entry["path"] == "/api/v1/namespaces/ns/secrets/locked":
             self._answer(403, {"kind": "Status", "code": 403})
         else:
@@ -151,6 +166,66 @@ async def test_the_client_speaks_with_the_credentials_of_the_login(
     assert patch["method"] == "PATCH"
     assert patch["content_type"] == "application/merge-patch+json"
     assert patch["body"] == {"status": {"observedGeneration": 2}}
+
+
+async def test_patches_and_reads_reuse_one_connection(api: FakeApi) -> None:
+    """Issue 15: an unread patch answer kept its connection out of the pool, so every status
+    patch opened a new connection. Calls one after another now share one."""
+    kube = KubeClient()
+    kube.connect(kopf.ConnectionInfo(server=api.url, token="t"))
+    try:
+        for generation in range(5):
+            assert await kube.patch_status("ns", "web", {"observedGeneration": generation})
+        assert not await kube.patch_status("ns", "gone", {"observedGeneration": 1})
+        assert await kube.read_secret("ns", "pull") is not None
+        assert await kube.read_secret("ns", "absent") is None
+        assert await kube.patch_status("ns", "web", {"observedGeneration": 9})
+    finally:
+        kube.close()
+    assert len(api.requests) == 9
+    assert api.connections == 1
+
+
+async def test_service_accounts_are_cached_for_a_while_and_bounded(api: FakeApi) -> None:
+    """A quiet re-check must not GET the namespace's default ServiceAccount every time."""
+    now = [0.0]
+    kube = KubeClient(clock=lambda: now[0], account_ttl=60.0, account_cache_size=2)
+    kube.connect(kopf.ConnectionInfo(server=api.url, token="t"))
+
+    try:
+        account = await kube.read_service_account("ns", "default")
+        assert account == {"imagePullSecrets": [{"name": "pull"}]}  # only what is used
+        now[0] = 59.0
+        assert await kube.read_service_account("ns", "default") == account
+        assert len(api.requests) == 1
+        now[0] = 61.0  # expired: read again
+        assert await kube.read_service_account("ns", "default") == account
+        assert len(api.requests) == 2
+        assert await kube.read_service_account("other", "default") is None  # absent: cached
+        assert await kube.read_service_account("other", "default") is None
+        assert len(api.requests) == 3
+        await kube.read_service_account("third", "default")  # over the bound: LRU goes
+        assert len(api.requests) == 4
+        await kube.read_service_account("other", "default")
+        assert len(api.requests) == 4
+        await kube.read_service_account("ns", "default")
+        assert len(api.requests) == 5
+        # Secrets are never cached.
+        await kube.read_secret("ns", "pull")
+        await kube.read_secret("ns", "pull")
+        assert len(api.requests) == 7
+    finally:
+        kube.close()
+
+
+async def test_the_client_names_itself_in_the_user_agent(api: FakeApi) -> None:
+    kube = KubeClient()
+    kube.connect(kopf.ConnectionInfo(server=api.url, token="t"))
+    try:
+        await kube.read_secret("ns", "pull")
+    finally:
+        kube.close()
+    assert api.requests[0]["user_agent"].startswith("imagecopy-operator/")
 
 
 async def test_calls_before_the_first_login_wait_for_it_and_a_relogin_takes_over(

@@ -3,29 +3,45 @@
 (docs/reference.md §2, §9).
 
 The client has no login of its own: ``connect`` takes the ``ConnectionInfo`` of Kopf's login
-(``login``), and every re-login connects it again. Calls made before the first login wait
+(``login``), and every re-login connects it again.
+
+ServiceAccount reads are cached per namespace and name for ``SERVICE_ACCOUNT_TTL`` seconds
+(at most ``SERVICE_ACCOUNT_CACHE_SIZE`` entries, least recently used dropped first; only
+``imagePullSecrets`` is kept): every check of every object without ``secretRef`` needs the
+namespace's ``default`` account, and a quiet re-check should cost one API call, its status
+patch (issue 15). Secrets are never cached. Calls made before the first login wait
 for it.
 
 Uses the synchronous ``kubernetes`` client in a worker thread (``kubernetes_asyncio`` is not a
 dependency). Only ``get`` is ever called on Secrets.
+
+Connections are kept: every answer is read to its end and its connection handed back to
+urllib3's pool (``_drain``), so status patches and reads reuse a few TLS connections instead of
+opening one per call. The client names itself ``imagecopy-operator/<version>`` (User-Agent),
+which is how API server audit logs tell its calls from Kopf's (``kopf/<version>``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 import urllib3
 
+from .. import __version__
 from ..oci.errors import ImageCopyError
 from .login import api_configuration
 
 __all__ = [
     "GROUP",
     "PLURAL",
+    "SERVICE_ACCOUNT_CACHE_SIZE",
+    "SERVICE_ACCOUNT_TTL",
     "VERSION",
     "Forbidden",
     "KubeClient",
@@ -37,6 +53,10 @@ VERSION = "v1alpha1"
 PLURAL = "imagecopies"
 FIELD_MANAGER = "imagecopy-operator"
 _TIMEOUT = (10.0, 30.0)
+USER_AGENT = f"imagecopy-operator/{__version__}"
+#: Seconds a ServiceAccount read is reused, and how many are kept.
+SERVICE_ACCOUNT_TTL = 60.0
+SERVICE_ACCOUNT_CACHE_SIZE = 1024
 
 
 class KubernetesUnavailable(ImageCopyError):
@@ -63,8 +83,22 @@ class _Apis:
 class KubeClient:
     """A few typed calls over the ``kubernetes`` client, connected by ``connect``."""
 
-    def __init__(self, *, login_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        *,
+        login_timeout: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        account_ttl: float = SERVICE_ACCOUNT_TTL,
+        account_cache_size: int = SERVICE_ACCOUNT_CACHE_SIZE,
+    ) -> None:
         self._login_timeout = login_timeout
+        self._clock = clock
+        self._account_ttl = account_ttl
+        self._account_cache_size = account_cache_size
+        #: (namespace, name) → (expiry, the account's imagePullSecrets part or None).
+        self._accounts: OrderedDict[tuple[str, str], tuple[float, Mapping[str, Any] | None]] = (
+            OrderedDict()
+        )
         self._apis: _Apis | None = None
         self._connected = asyncio.Event()
         # Clients of earlier logins: a call in a worker thread may still be using one.
@@ -78,7 +112,9 @@ class KubeClient:
         """Use the credentials of a (new) login from now on. Call it on the event loop."""
         from kubernetes import client
 
-        apis = _Apis(client.ApiClient(api_configuration(info)))
+        api_client = client.ApiClient(api_configuration(info))
+        api_client.user_agent = USER_AGENT
+        apis = _Apis(api_client)
         if self._apis is not None:
             self._retired.append(self._apis.api_client)
         self._apis = apis
@@ -117,11 +153,26 @@ class KubeClient:
         )
 
     async def read_service_account(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The ServiceAccount's ``imagePullSecrets`` (``{"imagePullSecrets": [...]}``), None
+        when it does not exist; cached (module docstring). Errors as ``read_secret``; they
+        are not cached."""
+        key = (namespace, name)
+        now = self._clock()
+        cached = self._accounts.get(key)
+        if cached is not None and cached[0] > now:
+            self._accounts.move_to_end(key)
+            return cached[1]
         what = f"reading ServiceAccount {namespace}/{name}"
         apis = await self._current(what)
-        return await asyncio.to_thread(
+        account = await asyncio.to_thread(
             _read, apis.core.read_namespaced_service_account, namespace, name, what
         )
+        kept = None if account is None else {"imagePullSecrets": account.get("imagePullSecrets")}
+        self._accounts[key] = (self._clock() + self._account_ttl, kept)
+        self._accounts.move_to_end(key)
+        while len(self._accounts) > self._account_cache_size:
+            self._accounts.popitem(last=False)
+        return kept
 
     # -- status -----------------------------------------------------------------------------
 
@@ -142,7 +193,7 @@ def _read(
 
     try:
         response = method(name, namespace, _preload_content=False, _request_timeout=_TIMEOUT)
-        document = json.loads(response.data)
+        document = json.loads(_drain(response))
     except ApiException as exc:
         if exc.status == 404:
             return None
@@ -160,7 +211,7 @@ def _patch_status(
     from kubernetes.client.exceptions import ApiException
 
     try:
-        apis.custom.patch_namespaced_custom_object_status(
+        response = apis.custom.patch_namespaced_custom_object_status(
             GROUP,
             VERSION,
             namespace,
@@ -172,6 +223,9 @@ def _patch_status(
             _preload_content=False,
             _request_timeout=_TIMEOUT,
         )
+        # Unread, the answer would keep its connection out of the pool for good: the next
+        # call would open a new TCP+TLS connection (issue 15).
+        _drain(response)
     except ApiException as exc:
         if exc.status == 404:
             return False
@@ -179,3 +233,11 @@ def _patch_status(
     except (OSError, urllib3.exceptions.HTTPError) as exc:
         raise KubernetesUnavailable(f"{what} failed: {type(exc).__name__}") from None
     return True
+
+
+def _drain(response: Any) -> bytes:
+    """The whole body of an unpreloaded answer; its connection goes back to the pool."""
+    try:
+        return bytes(response.data)
+    finally:
+        response.release_conn()

@@ -14,7 +14,7 @@ a registry no object names any more are dropped.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -161,8 +161,12 @@ class Metrics:
             for type_ in conditions:
                 if type_ in counts:
                     counts[type_] += 1
-        for type_, count in counts.items():
-            self.objects.labels(type_).set(count)
+        self.set_object_counts(counts)
+
+    def set_object_counts(self, counts: Mapping[str, int]) -> None:
+        """Set ``imagecopy_objects`` from objects counted per True condition type."""
+        for type_ in CONDITION_TYPES:
+            self.objects.labels(type_).set(counts.get(type_, 0))
 
 
 def serve_metrics(port: int, registry: CollectorRegistry | None = None) -> None:

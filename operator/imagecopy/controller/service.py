@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from .deadline import CopyWatchdog, note_request
 from .failures import CAPPED_AT_STALLED_RETRY, Failure, failure_for
 from .kube import KubernetesUnavailable
 from .metrics import Metrics
+from .progress import CopyProgress, report_progress
 from .schedule import Schedule
 from .settings import Settings, format_duration
 from .slots import FairSlots
@@ -65,6 +67,8 @@ __all__ = [
 ]
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+log = logging.getLogger("imagecopy.controller")
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,10 @@ class ImageCopyService:
             on_change=self._update_slot_gauge,
         )
         self._objects: dict[str, _ObjectState] = {}
+        # Running sums over ``_objects`` (kept per change, not recounted: a recount on every
+        # status write costs O(objects) each, O(objects²) per round of copies; issue 15).
+        self._condition_counts: Counter[str] = Counter()
+        self._registry_counts: Counter[str] = Counter()
         # Exact allow-list entries are label values from the start (globs name no host).
         self._listed_registries = frozenset(
             name
@@ -191,8 +199,7 @@ class ImageCopyService:
         state = self._state(ref)
         stop = asyncio.ensure_future(stopped)
         if state.status is None:
-            state.true_conditions = true_conditions(body.get("status"))
-            self._update_object_gauge()
+            self._set_conditions(state, true_conditions(body.get("status")))
         try:
             delay = self.first_look(body)
             while await self._sleep(state, delay, stop):
@@ -200,9 +207,9 @@ class ImageCopyService:
         finally:
             stop.cancel()
             gone = self._objects.pop(ref.uid, None)
-            self._update_object_gauge()
-            if gone is not None and gone.registries:
-                self._update_registry_names()
+            if gone is not None:
+                self._set_conditions(gone, frozenset())
+                self._set_registries(gone, frozenset())
 
     async def _sleep(
         self, state: _ObjectState, delay: float | None, stop: asyncio.Future[Any]
@@ -248,7 +255,7 @@ class ImageCopyService:
             self._check_allowed(spec)
             self._name_registries(attempt.state, spec)
             await attempt.started(spec)
-            report = await self._copy(ref, spec, attempt.status)
+            report = await self._copy(ref, spec, attempt.status, attempt.write_progress)
         except Exception as exc:
             if not isinstance(exc, ImageCopyError):
                 logger.error("reconcile failed with an internal error", exc_info=exc)
@@ -275,7 +282,11 @@ class ImageCopyService:
         )
 
     async def _copy(
-        self, ref: ObjectRef, spec: ImageCopySpec, status: Mapping[str, Any]
+        self,
+        ref: ObjectRef,
+        spec: ImageCopySpec,
+        status: Mapping[str, Any],
+        write_progress: Callable[[Mapping[str, Any]], Awaitable[None]],
     ) -> CopyReport:
         credentials = await resolve_credentials(self.secrets, ref.namespace, spec)
         policy = None
@@ -284,15 +295,33 @@ class ImageCopyService:
         async with self._copy_slots.slot(ref.namespace):
             # The clocks start with the slot: waiting for one is not the copy's fault.
             watchdog = CopyWatchdog(self.settings.copy_timeout, self.settings.stall_timeout)
+            progress = CopyProgress(watchdog)
             options = replace(
                 spec.copy_options(self.settings.blob_concurrency),
-                progress=watchdog,
+                progress=progress,
                 verify=policy,
                 bounds=self.settings.bounds,
             )
-            return await watchdog.run(
-                self.copier.copy(spec.source, spec.destination, options, credentials)
+            done = asyncio.Event()
+            reporter = asyncio.create_task(
+                report_progress(
+                    progress, write_progress, self.settings.progress_interval, done, self._now
+                )
             )
+            try:
+                return await watchdog.run(
+                    self.copier.copy(spec.source, spec.destination, options, credentials)
+                )
+            finally:
+                # A progress write under way lands before the attempt's final one.
+                done.set()
+                try:
+                    await reporter
+                except asyncio.CancelledError:
+                    reporter.cancel()
+                    raise
+                except Exception as exc:  # a progress report never decides the copy
+                    log.error("progress reporting of %s failed", ref, exc_info=exc)
 
     def _check_allowed(self, spec: ImageCopySpec) -> None:
         for side, registry in (
@@ -312,8 +341,13 @@ class ImageCopyService:
             state = self._objects[ref.uid] = _ObjectState()
         return state
 
-    def _update_object_gauge(self) -> None:
-        self.metrics.set_objects(s.true_conditions for s in self._objects.values())
+    def _set_conditions(self, state: _ObjectState, conditions: frozenset[str]) -> None:
+        """Record the True conditions of one object; the gauge follows the sums."""
+        if conditions != state.true_conditions:
+            self._condition_counts.subtract(state.true_conditions)
+            self._condition_counts.update(conditions)
+            state.true_conditions = conditions
+        self.metrics.set_object_counts(self._condition_counts)
 
     def _update_slot_gauge(self) -> None:
         self.metrics.set_copy_slots(self._copy_slots.in_use, self._copy_slots.waiting)
@@ -326,15 +360,21 @@ class ImageCopyService:
             for registry in (spec.source.registry, spec.destination.registry)
             for name in _label_names(registry)
         )
-        if names != state.registries:
-            state.registries = names
-            self._update_registry_names()
+        self._set_registries(state, names)
 
-    def _update_registry_names(self) -> None:
-        named = set(self._listed_registries)
-        for state in self._objects.values():
-            named |= state.registries
-        self.metrics.name_registries(named)
+    def _set_registries(self, state: _ObjectState, names: frozenset[str]) -> None:
+        if names == state.registries:
+            return
+        counts = self._registry_counts
+        before = set(counts)
+        counts.update(names)
+        counts.subtract(state.registries)
+        for name in state.registries - names:
+            if counts[name] <= 0:
+                del counts[name]
+        state.registries = names
+        if set(counts) != before:
+            self.metrics.name_registries(self._listed_registries | set(counts))
 
 
 @dataclass
@@ -421,10 +461,17 @@ class _Attempt:
         self.state.transient_failures = 0
         self.state.last_failure = None
 
+    async def write_progress(self, progress: Mapping[str, Any]) -> None:
+        """``status.progress`` of the running copy (``progress``)."""
+        await self._write({"progress": dict(progress)})
+
     async def _write(self, patch: dict[str, Any]) -> bool:
-        """Merge-patch the status; on success ``self.status`` is the status after it.
+        """Merge-patch the status; on success ``self.status`` is the status after it. Any
+        other write removes ``status.progress``: the copy it described is over.
         False when the API server could not be reached (the caller schedules another
         look, which writes a fresh status); True otherwise, a deleted object included."""
+        if "progress" in self.status and "progress" not in patch:
+            patch = {**patch, "progress": None}
         ref = self.ref
         try:
             written = await self.service.status_writer.patch_status(ref.namespace, ref.name, patch)
@@ -435,8 +482,7 @@ class _Attempt:
             self.logger.debug("object is gone; status not written")
             return True
         self.status = self.state.status = apply_merge_patch(self.status, patch)
-        self.state.true_conditions = true_conditions(self.status)
-        self.service._update_object_gauge()
+        self.service._set_conditions(self.state, true_conditions(self.status))
         return True
 
     def _now(self) -> datetime:

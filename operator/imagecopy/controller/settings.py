@@ -200,6 +200,8 @@ class Settings:
     max_copies_per_namespace: int | None = None
     #: The image-graph limits of every copy (``IMAGECOPY_MAX_INDEX_CHILDREN`` …).
     bounds: Bounds = field(default_factory=Bounds)
+    #: Seconds between ``status.progress`` writes of a running copy (``progress``).
+    progress_interval: float = 10.0
 
     @property
     def namespace_copy_slots(self) -> int:
@@ -315,6 +317,7 @@ class Settings:
             stall_timeout=_timeout(env, "IMAGECOPY_STALL_TIMEOUT", 120.0),
             connect_timeout=_timeout(env, "IMAGECOPY_CONNECT_TIMEOUT", 10.0),
             read_timeout=_timeout(env, "IMAGECOPY_READ_TIMEOUT", 60.0),
+            progress_interval=_timeout(env, "IMAGECOPY_PROGRESS_INTERVAL", 10.0),
             max_copies_per_namespace=(
                 integer("IMAGECOPY_MAX_COPIES_PER_NAMESPACE", 1, 1)
                 if env.get("IMAGECOPY_MAX_COPIES_PER_NAMESPACE", "").strip()

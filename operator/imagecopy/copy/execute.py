@@ -24,7 +24,7 @@ from ..oci.referrers import push_manifest, push_referrers
 from ..oci.repository import RepositoryClient
 from .attachments import is_merged, merge_layers
 from .mounts import MountRoute, MountStrategy
-from .options import ProgressListener
+from .options import PlanListener, ProgressListener
 from .plan import Attachment, Node, Plan
 from .report import CopyReport
 from .tasks import first_failure, gather_all
@@ -156,6 +156,9 @@ class Executor:
     async def run(self) -> None:
         plan, report = self.plan, self.report
         if not plan.same_repository:
+            if isinstance(self.progress, PlanListener) and plan.blobs:
+                sizes = sum(max(blob.size, 0) for blob in plan.blobs.values())
+                self.progress.copy_planned(len(plan.blobs), sizes)
             await self._in_group(self._complete(plan.root))
         tags = plan.tags
         await self.destination.push_manifest(tags[0] if tags else plan.root.digest, plan.root)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..oci.blobs import BlobOutcome
 from ..oci.bounds import Bounds
@@ -12,7 +12,7 @@ from ..oci.descriptor import Descriptor
 from ..oci.reference import Platform
 from .verify import VerifyPolicy
 
-__all__ = ["BlobOutcome", "CopyOptions", "ProgressListener", "TagPolicy"]
+__all__ = ["BlobOutcome", "CopyOptions", "PlanListener", "ProgressListener", "TagPolicy"]
 
 
 class TagPolicy(StrEnum):
@@ -28,6 +28,15 @@ class ProgressListener(Protocol):
     def blob_started(self, desc: Descriptor) -> None: ...
     def blob_advanced(self, desc: Descriptor, nbytes: int) -> None: ...
     def blob_finished(self, desc: Descriptor, outcome: BlobOutcome) -> None: ...
+
+
+@runtime_checkable
+class PlanListener(Protocol):
+    """A ``ProgressListener`` that also wants the totals: told once, before any blob moves,
+    how many distinct blobs (and bytes) the copy has to place (the operator's
+    ``status.progress``). Not called when no blob has to be placed."""
+
+    def copy_planned(self, blobs: int, nbytes: int) -> None: ...
 
 
 @dataclass(frozen=True)
