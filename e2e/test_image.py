@@ -280,9 +280,9 @@ def test_the_image_is_pushed_promoted_read_back_and_runs_the_operator(
             },
         )
         obj = icp.wait_condition("web", timeout=120)
-        assert obj["status"]["digest"] == src.digest, obj["status"]
+        assert obj["status"]["destinationDigest"] == src.digest, obj["status"]
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
-            assert b'imagecopy_copies_total{result="succeeded"}' in r.read()
+            assert b'imagecopy_copies_total{result="Copied"} 1.0' in r.read()
     finally:
         stop_process_group(proc, timeout=20)
         print(f"operator (from the image) log:\n{log.read_text()[-3000:]}")
