@@ -19,11 +19,11 @@ COPY operator/imagecopy ./operator/imagecopy
 # wheels (a fresh root filesystem lacks any extra CA the host trusts, so pip cannot reach an index).
 COPY dist/wheels /wheels
 # The venv keeps pip only long enough to install; the runtime has no pip, setuptools or cache.
-# Bytecode is compiled here (the root filesystem is read-only at run time).
+# Bytecode is compiled here, on every core (the root filesystem is read-only at run time).
 RUN set -eu; \
     if ! ls /wheels/imagecopy-*.whl >/dev/null 2>&1; then python3 -m pip wheel --wheel-dir /wheels .; fi; \
     python3 -m venv /opt/imagecopy; \
-    /opt/imagecopy/bin/pip install --no-index --find-links=/wheels imagecopy; \
+    /opt/imagecopy/bin/pip install --no-index --no-compile --find-links=/wheels imagecopy; \
     /opt/imagecopy/bin/pip uninstall -y -q pip setuptools; \
     rm -f /opt/imagecopy/bin/pip* /opt/imagecopy/bin/easy_install*; \
     # kubernetes.aio is a 68 MB asyncio copy of the client that nothing here imports (Kopf
