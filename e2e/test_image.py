@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -171,6 +172,39 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: fl
     raise AssertionError(f"{url} did not answer in {timeout:.0f}s:\n{log.read_text()[-4000:]}")
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc), nearest first."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(0), [])
+        found += children
+        todo += children
+    return found
+
+
+def terminate_container(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """SIGTERM the container's own process (the operator, below buildah's chroot runtime), as
+    the kubelet does at pod deletion; buildah's exit status is then the operator's."""
+    leaves = [
+        pid
+        for pid in descendants(proc.pid)
+        if not descendants(pid) and Path(f"/proc/{pid}/comm").read_text().strip() != "buildah"
+    ]
+    for pid in leaves:
+        os.kill(pid, signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def test_the_image_is_pushed_promoted_read_back_and_runs_the_operator(
     image_archive: Path,
     buildah: Buildah,
@@ -283,6 +317,8 @@ def test_the_image_is_pushed_promoted_read_back_and_runs_the_operator(
         assert obj["status"]["destinationDigest"] == src.digest, obj["status"]
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
             assert b'imagecopy_copies_total{result="Copied"} 1.0' in r.read()
+        # A graceful stop, as at pod deletion: Kopf finishes and the process exits 0.
+        assert terminate_container(proc, timeout=30) == 0, log.read_text()[-3000:]
     finally:
         stop_process_group(proc, timeout=20)
         print(f"operator (from the image) log:\n{log.read_text()[-3000:]}")
@@ -295,6 +331,31 @@ def test_the_image_is_pushed_promoted_read_back_and_runs_the_operator(
             for p in mount.rglob("*")
             if not p.is_symlink() and p.lstat().st_uid == UID
         ]
+        # No compiler, no package manager or pip, no package or pip cache in the image.
+        present = [
+            rel
+            for rel in (
+                "usr/bin/gcc",
+                "usr/bin/cc",
+                "usr/bin/apt-get",
+                "usr/bin/pip3",
+                "opt/imagecopy/bin/pip",
+                "root/.cache",
+                "tmp/.cache",
+            )
+            if (mount / rel).exists()
+        ]
+        caches = [
+            str(p.relative_to(mount))
+            for d in ("var/cache/apt", "var/lib/apt/lists")
+            for p in (mount / d).rglob("*")
+            if p.is_file() and p.stat().st_size > 0  # (an empty lock file is no cache)
+        ]
+        site = next((mount / "opt/imagecopy/lib").glob("python3.*/site-packages"))
+        dists = sorted(p.name.split("-")[0] for p in site.glob("*.dist-info"))
     finally:
         buildah("umount", ctr)
     assert written == [], written
+    assert present == [] and caches == [], (present, caches)
+    assert "imagecopy" in dists and "kopf" in dists
+    assert not {"pip", "setuptools", "pytest", "mypy", "ruff", "hypothesis"} & set(dists), dists
