@@ -125,7 +125,9 @@ mkdir -p "$(dirname "$IMAGE_ARCHIVE")"
 rm -f "$IMAGE_ARCHIVE"
 buildah_ push --quiet "$IMAGE_TAG" "oci-archive:$IMAGE_ARCHIVE:$IMAGE_TAG"
 log "image built in $(elapsed "$t")s"
-# Keep the base image (the next build reuses it), drop everything else: vfs copies every layer.
+# Keep the base image (the next build reuses it), drop the rest: vfs stores every layer in full,
+# and the archive is the build's output.
+buildah_ rmi "$IMAGE_TAG" >/dev/null 2>&1 || true
 buildah_ rmi --prune >/dev/null 2>&1 || true
 echo "$inputs" >"$IMAGE_ARCHIVE.inputs"
 "$PY" -m testkit.oci_archive "$IMAGE_ARCHIVE"
