@@ -9,9 +9,9 @@ export PATH := $(TOOLS)/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export IMAGECOPY_REQUIRE_TOOLS := 1
 export IMAGECOPY_REQUIRE_E2E := 1
 
-.PHONY: test venv tools controlplane lint typecheck unit fuzz integration e2e faults demo bench bench-scale clean
+.PHONY: test venv tools controlplane lint typecheck unit fuzz integration e2e e2e-image image faults demo bench bench-scale clean
 
-test: venv tools controlplane lint typecheck unit integration e2e
+test: venv tools controlplane lint typecheck unit integration e2e e2e-image
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,7 +46,16 @@ integration: venv tools
 	$(PY) -m pytest -q tests/integration
 
 e2e: venv tools controlplane
-	$(PY) -m pytest -q e2e
+	$(PY) -m pytest -q e2e --ignore=e2e/test_image.py
+
+# The operator image from the Dockerfile, without a daemon: mmdebstrap base (cached in
+# ~/.cache/imagecopy/tools/), host-built wheels, buildah → dist/imagecopy-image.tar (OCI archive).
+image: venv
+	bash scripts/build-image.sh
+
+# The image pushed, promoted by imagecopy, read back by crane/skopeo and run as the operator.
+e2e-image: image tools controlplane
+	IMAGECOPY_IMAGE_ARCHIVE=$(CURDIR)/dist/imagecopy-image.tar $(PY) -m pytest -q e2e/test_image.py
 
 # The fault matrix (engine, CLI and operator paths; also part of integration and e2e), then
 # its table in docs/reliability.md, generated from the rows the run collected.
