@@ -48,6 +48,7 @@ from .errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from .ratelimit import rate_limit_note
 from .reference import Registry, Repository, is_tag
 from .retry import RetryBudget
 from .transport import TransportSettings
@@ -407,6 +408,9 @@ class RepositoryClient:
                 kind, message = PushRejected, f"{where} rejected {what} with 404{detail}"
         elif status == 429:
             kind, message = RateLimited, f"{where} rate-limited {what} (429){detail}"
+            note = rate_limit_note(str(self.registry), response.headers)
+            if note:
+                message += f"; {note}"
         elif status == 507:
             kind = InsufficientStorage
             message = f"{where} has no space for {what} (507 Insufficient Storage){detail}"
