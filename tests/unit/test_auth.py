@@ -1245,3 +1245,34 @@ async def test_a_first_mount_whose_source_the_token_service_refuses_is_not_sent(
     assert [str(s) for s in asked[0].refused] == [f"repository:{theirs}:pull"]
     # the only mount request the registry saw is the unauthenticated first one (the challenge)
     assert [s for m, s in log_for(registry_v3_token, mark, mine) if m == "POST"] == [401, 202]
+
+
+async def test_a_rejected_token_is_replaced_when_a_refused_optional_scope_was_left_out(
+    start_registry: Callable[..., RegistryServer], unique_repo: UniqueRepo
+) -> None:
+    """The token served without a refused optional scope is the one discarded when the
+    registry stops accepting it (not kept because the request also named the refused one)."""
+    mine, theirs = unique_repo("solo/mine"), unique_repo("theirs")
+    issuer = TokenIssuer(
+        users={"solo": "solo-pw"},
+        acl={"solo": {f"{unique_repo}/solo/*": ["*"]}},
+        all_or_nothing=True,
+    ).start()
+    try:
+        registry = start_registry(
+            impl="v3", auth="token", token_issuer=issuer, username=ADMIN_USER, password="pw"
+        )
+        extensions = {**pull(mine), OPTIONAL_SCOPES: (f"repository:{theirs}:pull",)}
+        issuer.issuer = "someone-else"  # tokens the registry will not trust
+        async with client_for(registry, Credential("solo", "solo-pw")) as (client, auth):
+            url = f"/v2/{mine}/blobs/{MISSING}"
+            assert (await client.head(url, extensions=extensions)).status_code == 401
+            assert auth.token_requests == 2  # refused with the optional scope, granted without
+            issuer.issuer = "imagecopy-test-issuer"
+            assert (await client.head(url, extensions=extensions)).status_code == 404
+            assert auth.token_requests == 3
+        solo = [r for r in issuer.requests if r.user == "solo"]
+        assert [r.status for r in solo] == [401, 200, 200]
+        assert all(f"repository:{theirs}:pull" not in r.requested() for r in solo[1:])
+    finally:
+        issuer.stop()

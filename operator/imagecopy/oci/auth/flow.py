@@ -181,7 +181,8 @@ class RegistryAuth(httpx.Auth):
         scopes = merge_scopes(needed, challenge.scopes)
         if grants(scopes) != grants(needed):
             self._learned[grants(requested)] = scopes
-        key = self._key(scopes)
+        # What was asked for, less the optional scopes known to be refused.
+        key = self._key(self._usable(scopes, optional) if optional.optional else scopes)
         if isinstance(sent, Token) and key.grants <= sent.grants:
             # The token should have been enough: the registry no longer accepts it.
             self._tokens.discard(key, sent)
