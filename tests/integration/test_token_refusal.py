@@ -175,7 +175,7 @@ async def test_a_refusal_that_is_the_credentials_own_still_fails_the_copy(hub: H
                 hub.creds(B_USER, B_PASSWORD),
                 mount_from=("b/base",),
             )
-        with pytest.raises(Unauthorized):
+        with pytest.raises(Unauthorized) as caught:
             await _copy(
                 copier,
                 image.ref,
@@ -183,3 +183,8 @@ async def test_a_refusal_that_is_the_credentials_own_still_fails_the_copy(hub: H
                 hub.creds(B_USER, "wrong"),
                 mount_from=("a/base",),
             )
+        # the message names the copy's own repository, never the other tenant's, nor secrets
+        assert "b/wrong-password" in str(caught.value)
+        assert "a/base" not in str(caught.value) and "wrong" not in str(caught.value).replace(
+            "b/wrong-password", ""
+        )

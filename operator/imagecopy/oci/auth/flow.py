@@ -295,15 +295,14 @@ class RegistryAuth(httpx.Auth):
         asked: frozenset[Grant],
         refusal: Unauthorized,
     ) -> None:
-        """The token service refused ``scopes``; remember which of the optional ``asked``
-        it refuses. Without any of them it must grant a token, else the refusal is the
-        credential's and ``refusal`` is raised. One optional grant is refused by elimination;
+        """The token service refused ``scopes`` (``refusal``); remember which of the optional
+        ``asked`` it refuses. Without any of them it must grant a token, else the refusal is
+        the credential's and that one is raised. One optional grant is refused by elimination;
         of several, each is asked for alone with the rest."""
         base = drop_grants(scopes, asked)
-        try:
-            await self._cached_token(challenge, base)
-        except Unauthorized:
-            raise refusal from None
+        # Refused too: the credential's own refusal, raised as such (its message names only
+        # the request's own scopes, never another tenant's repositories).
+        await self._cached_token(challenge, base)
         refused: set[Grant] = set()
         if len(asked) == 1:
             refused.update(asked)
@@ -316,7 +315,13 @@ class RegistryAuth(httpx.Auth):
                         raise
                     refused.add(grant)
         if not refused:
-            raise refusal  # refused together, granted one by one: nothing to learn
+            # Refused together, granted one by one: nothing to learn, nothing to blame.
+            raise self._error(
+                Unauthorized,
+                f"the token service of registry {self.registry} refused the mount sources' "
+                "pull access together and granted each alone",
+                refusal.status or 401,
+            )
         log.info(
             "token service of registry %s refuses %s for this credential; leaving it out",
             self.registry,
