@@ -24,13 +24,16 @@ def digest(n: int) -> str:
     return "sha256:" + hashlib.sha256(str(n).encode()).hexdigest()
 
 
+DESTINATION = "registry.example.com/mirror/app@" + digest(0)
+
+
 def body(
     *,
     namespace: str = "team-a",
     uid: str = "u1",
     keys: Any = None,
     started: str = "2026-01-01T00:00:00Z",
-    destination: Any = "registry.example.com/mirror/app@" + digest(0),
+    destination: Any = DESTINATION,
     source: str = "other.example.com/dev/app:1",
     generation: int = 1,
     observed: int = 1,
@@ -43,7 +46,9 @@ def body(
             "destinationImage": destination,
             "lastCopy": {
                 "startTime": started,
-                "largestBlobs": [blob_key(digest(i)) for i in range(1, 4)] if keys is None else keys,
+                "largestBlobs": [blob_key(digest(i)) for i in range(1, 4)]
+                if keys is None
+                else keys,
             },
         },
     }
@@ -71,10 +76,20 @@ def test_one_tenants_repositories_are_never_another_tenants_candidates() -> None
     assert locations.candidates(REG, digest(1)) == []  # the CLI's partition is its own
     dst = Reference.parse("registry.example.com/team-y/app:1")
     src = Reference.parse("other.example.com/dev/app:1")
-    theirs = MountStrategy(src, dst, enabled=True, mount_from=(), locations=locations, partition="y")
+    theirs = MountStrategy(
+        src, dst, enabled=True, mount_from=(), locations=locations, partition="y"
+    )
     assert theirs.route(digest(1)).mount_from == ()
     ours = MountStrategy(src, dst, enabled=True, mount_from=(), locations=locations, partition="x")
     assert [r.path for r in ours.route(digest(1)).mount_from] == ["team-x/app"]
+
+
+def test_each_blob_names_its_newest_repositories_bounded() -> None:
+    locations = BlobLocations(max_repositories_per_blob=3)
+    for name in ("a", "b", "c", "a", "d"):
+        locations.add(REG, digest(1), name, partition="p")
+    assert locations.candidates(REG, digest(1), partition="p", limit=5) == ["d", "a", "c"]
+    assert locations.candidates(REG, digest(1), partition="p", exclude=("a",)) == ["d", "c"]
 
 
 def test_the_index_stays_bounded_across_partitions() -> None:
