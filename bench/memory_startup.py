@@ -5,9 +5,9 @@
 
 Builds N ``ImageCopy`` bodies as the API server lists them (each with a full
 ``status.lastCopy.largestBlobs`` of 64 keys, all distinct: the worst case; ten namespaces,
-one destination registry), then feeds them through the operator's index handler
-(``controller.handlers.blob_memory`` → ``controller.memory.BlobMemory``) the way Kopf does
-after its listing. Reports wall and CPU time of the rebuild, the index's memory (tracemalloc:
+one destination registry), then feeds them to ``controller.memory.BlobMemory.observe`` (all that the
+operator's index handler ``controller.handlers.blob_memory`` does) as Kopf does after its
+listing. Reports wall and CPU time of the rebuild, the index's memory (tracemalloc:
 bytes allocated and still held by the index) and the status bytes each object carries.
 ``measure()`` returns the figures for ``bench.scale`` to include.
 """
@@ -20,11 +20,10 @@ import json
 import sys
 import time
 import tracemalloc
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
-from imagecopy.controller import handlers
 from imagecopy.controller.memory import BlobMemory
 from imagecopy.copy.engine import MEMORY_BLOBS
 from imagecopy.copy.locations import BlobLocations, blob_key
@@ -65,25 +64,25 @@ def make_bodies(objects: int, blobs: int = MEMORY_BLOBS) -> list[dict[str, Any]]
 
 
 def measure(objects: int = 1000) -> dict[str, Any]:
-    bodies = [kopf.Body(b) for b in make_bodies(objects)]  # the wrapper Kopf hands over
+    # the wrapper Kopf hands to the index handler
+    bodies = [kopf.Body(cast(kopf.RawBody, b)) for b in make_bodies(objects)]
     record = len(json.dumps(bodies[0]["status"]["lastCopy"]["largestBlobs"], separators=(",", ":")))
-    memo = kopf.Memo()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    memo.memory = BlobMemory(BlobLocations())
+    memory = BlobMemory(BlobLocations())
     wall, cpu = time.perf_counter(), time.process_time()
     for body in bodies:
-        handlers.blob_memory(memo=memo, body=body)
+        memory.observe(body)  # what controller.handlers.blob_memory does per object
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     # Timed again without tracemalloc's overhead (a fresh memory: nothing is skipped as seen).
-    memo.memory = BlobMemory(BlobLocations())
+    memory = BlobMemory(BlobLocations())
     plain_wall, plain_cpu = time.perf_counter(), time.process_time()
     for body in bodies:
-        handlers.blob_memory(memo=memo, body=body)
+        memory.observe(body)
     plain_wall, plain_cpu = time.perf_counter() - plain_wall, time.process_time() - plain_cpu
-    entries = len(memo.memory.locations)
+    entries = len(memory.locations)
     return {
         "objects": objects,
         "keysPerObject": MEMORY_BLOBS,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -170,5 +170,6 @@ def test_the_memory_is_fed_by_a_kopf_index_handler() -> None:
     assert len(indexers) == 1
     memo = kopf.Memo()
     memo.memory = BlobMemory(BlobLocations())
-    assert handlers.blob_memory(memo=memo, body=kopf.Body(body())) is None
+    handler: Any = handlers.blob_memory  # typed by Kopf as a handler of every kwarg
+    assert handler(memo=memo, body=kopf.Body(cast(kopf.RawBody, body()))) is None
     assert memo.memory.locations.candidates(REG, digest(1), partition="team-a") == ["mirror/app"]
