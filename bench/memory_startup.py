@@ -10,6 +10,12 @@ operator's index handler ``controller.handlers.blob_memory`` does) as Kopf does 
 listing. Reports wall and CPU time of the rebuild, the index's memory (tracemalloc:
 bytes allocated and still held by the index) and the status bytes each object carries.
 ``measure()`` returns the figures for ``bench.scale`` to include.
+
+With ``--operator``, the same objects are created on a real API server (``e2e.controlplane``)
+with the status a successful copy writes (Ready, no interval: nothing to copy at start-up),
+and the operator process is started (once to settle: finalizers, creations), then twice
+each with the keys in every status and with ``largestBlobs: []``, alternately (medians). The difference in CPU (start to idle) and RSS is what rebuilding the
+memory costs the real process; neither start makes a registry request.
 """
 
 from __future__ import annotations
@@ -17,18 +23,26 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import statistics
 import sys
+import tempfile
 import time
 import tracemalloc
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 import kopf
+import yaml
 
 from imagecopy.controller.memory import BlobMemory
 from imagecopy.copy.engine import MEMORY_BLOBS
 from imagecopy.copy.locations import BlobLocations, blob_key
 
 NAMESPACES = 10
+#: Starts of the operator per variant (the median is reported).
+ROUNDS = 2
 
 
 def make_bodies(objects: int, blobs: int = MEMORY_BLOBS) -> list[dict[str, Any]]:
@@ -99,12 +113,132 @@ def measure(objects: int = 1000) -> dict[str, Any]:
     }
 
 
+def _proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def measure_operator(objects: int = 1000, settle: float = 20.0) -> dict[str, Any]:
+    """Start the operator over ``objects`` settled objects, with and without the memory."""
+    from kubernetes import client
+
+    from e2e.controlplane import ControlPlane
+    from e2e.operator_harness import OperatorProcess
+    from imagecopy.controller.status import success_patch
+    from imagecopy.copy.report import CopyReport
+
+    result: dict[str, Any] = {"objects": objects, "settleSeconds": settle}
+    with ControlPlane() as plane:
+        plane.apply_crds()
+        namespace = plane.create_namespace()
+        workdir = Path(tempfile.mkdtemp(prefix="imagecopy-memory-bench-"))
+        bodies = make_bodies(objects)
+        docs = []
+        for b in bodies:
+            meta = b["metadata"]
+            docs.append(
+                {
+                    "apiVersion": b["apiVersion"],
+                    "kind": b["kind"],
+                    "metadata": {"name": meta["name"], "namespace": namespace},
+                    "spec": b["spec"],
+                }
+            )
+        manifest = workdir / "objects.yaml"
+        manifest.write_text(yaml.safe_dump_all(docs))
+        plane.kubectl("apply", "--server-side", "-f", str(manifest), timeout=600)
+        api = plane.api_client()
+        custom = client.CustomObjectsApi(api)
+        group, version, plural = "imagecopy.dev", "v1alpha1", "imagecopies"
+        now = datetime.now(UTC)
+        for b in bodies:
+            n = b["metadata"]["name"]
+            report = CopyReport(
+                source=b["spec"]["source"]["image"],
+                destination=b["spec"]["destination"]["image"],
+                source_digest="sha256:" + "0" * 64,
+                destination_digest="sha256:" + "0" * 64,
+                destination_pinned=b["status"]["destinationImage"],
+                largest_blobs=b["status"]["lastCopy"]["largestBlobs"],
+            )
+            status = success_patch(None, report, 1, now)
+            custom.patch_namespaced_custom_object_status(
+                group, version, namespace, plural, n, {"status": status}
+            )
+
+        def run(name: str, until_handled: bool = False) -> dict[str, float]:
+            operator = OperatorProcess(
+                plane,
+                kopf_options=("--standalone", f"--namespace={namespace}"),
+                log_path=workdir / f"operator-{name}.log",
+            )
+            t0 = time.monotonic()
+            operator.start()
+            alive = time.monotonic() - t0
+            pid = operator.pid
+            assert pid is not None
+            if until_handled:  # the first start adds finalizers and handles every creation
+                deadline = time.monotonic() + 300
+                while time.monotonic() < deadline:
+                    if operator.logs().count("Creation is processed") >= objects:
+                        break
+                    time.sleep(2)
+            time.sleep(settle)
+            figures = {
+                "aliveSeconds": round(alive, 2),
+                "cpuSecondsToIdle": round(_proc_cpu_seconds(pid), 2),
+                "rssMiB": round(_proc_kib(pid, "VmRSS") / 1024, 1),
+            }
+            operator.stop()
+            return figures
+
+        run("warm-up", until_handled=True)
+        runs: dict[str, list[dict[str, float]]] = {"withMemory": [], "withoutMemory": []}
+        for round_ in range(ROUNDS):
+            for variant in ("withMemory", "withoutMemory"):
+                keys: list[str] = []
+                for b in bodies:
+                    if variant == "withMemory":
+                        keys = b["status"]["lastCopy"]["largestBlobs"]
+                    custom.patch_namespaced_custom_object_status(
+                        group,
+                        version,
+                        namespace,
+                        plural,
+                        b["metadata"]["name"],
+                        {"status": {"lastCopy": {"largestBlobs": keys}}},
+                    )
+                runs[variant].append(run(f"{variant}-{round_}"))
+        for variant, figures in runs.items():
+            result[variant] = {
+                key: round(statistics.median(f[key] for f in figures), 2) for key in figures[0]
+            }
+        result["runs"] = runs
+        api.close()
+    with_, without = result["withMemory"], result["withoutMemory"]
+    result["memoryCpuSeconds"] = round(with_["cpuSecondsToIdle"] - without["cpuSecondsToIdle"], 2)
+    result["memoryRssMiB"] = round(with_["rssMiB"] - without["rssMiB"], 1)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--operator", action="store_true", help="also start the operator on a real API server"
+    )
     args = parser.parse_args(argv)
     result = measure(args.objects)
+    if args.operator:
+        result["operator"] = measure_operator(args.objects)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
