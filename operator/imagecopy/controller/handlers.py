@@ -91,6 +91,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
+    # With --peering: how long our entry outlives us if we are killed (the standby's takeover
+    # delay); Kopf refreshes it 5–10 s before it expires (docs/reference.md, "Peering").
+    settings.peering.lifetime = config.peering_lifetime
     settings.posting.reporting_component = "imagecopy"
     settings.posting.reporting_instance = socket.gethostname()
 
@@ -122,7 +125,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
         "imagecopy operator started: allowedRegistries=%s plainHttpRegistries=%s "
         "insecureRegistries=%s blockedNetworks=%s maxConcurrentCopies=%d "
         "maxCopiesPerNamespace=%d blobConcurrency=%d stalledRetry=%ss "
-        "copyTimeout=%s stallTimeout=%s connectTimeout=%s readTimeout=%s metricsPort=%d",
+        "copyTimeout=%s stallTimeout=%s connectTimeout=%s readTimeout=%s metricsPort=%d "
+        "peeringLifetime=%ds",
         ",".join(config.allowed_registries),
         ",".join(sorted(config.plain_http_registries)) or "-",
         ",".join(sorted(config.insecure_registries)) or "-",
@@ -136,6 +140,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
         format_duration(config.connect_timeout),
         format_duration(config.read_timeout),
         config.metrics_port,
+        config.peering_lifetime,
     )
 
 
