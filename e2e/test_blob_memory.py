@@ -1,7 +1,7 @@
 """The blob memory survives the process: a copy after a restart, or in another process, mounts.
 
-A→B:repo1 crosses registries and uploads; the operator goes away (SIGTERM and a new start, or
-SIGKILL and a different process); A→B:repo2 then mounts every blob from repo1, because the
+A→B:repo1 crosses registries and uploads; the operator goes away (SIGTERM and a new start, SIGKILL and a
+different process, or SIGKILL of the active replica and a failover to the paused standby); A→B:repo2 then mounts every blob from repo1, because the
 new process rebuilt its blob-location index from ``status.lastCopy.largestBlobs`` of the
 objects Kopf listed, at no registry request. Another namespace's copy of the same image is
 not offered repo1 (tenant partitions) and uploads.
@@ -17,6 +17,7 @@ import pytest
 
 from e2e.controlplane import ControlPlane
 from e2e.operator_harness import ImageCopies, OperatorProcess
+from e2e.replicas import Replicas, copy_lines
 from testkit import images
 from testkit.registry import RegistryServer
 from tests.support.fixtures import *  # noqa: F403  (registry fixtures)
@@ -132,3 +133,35 @@ def test_a_different_process_after_a_sigkill_mounts_what_the_killed_one_uploaded
     icp.apply("two", _spec(image.ref, registry_v3.ref(repo2, "1")))
     obj = icp.wait_condition("two", reason="Copied", timeout=90, operator=second)
     _assert_mounted_from(obj, registry_v3, mark, repo1)
+
+
+def test_the_standby_that_takes_over_mounts_what_the_killed_active_replica_uploaded(
+    control_plane: ControlPlane,
+    namespace: str,
+    registry_v2: RegistryServer,
+    registry_v3: RegistryServer,
+    unique_repo: Any,
+) -> None:
+    # The standby is paused by peering (it watches nothing) while the active replica copies;
+    # on taking over it lists every object, and the index handler rebuilds the memory first.
+    image = images.push_image(registry_v2, unique_repo("dev/app"), "1", layers=LAYERS)
+    repo1, repo2 = unique_repo("mirror/one"), unique_repo("mirror/two")
+    icp = ImageCopies(control_plane, namespace)
+    ha = Replicas(control_plane, 2)
+    try:
+        ha.start()
+        active, standby = ha.procs
+        assert ha.active() == [active]
+        _first_copy(icp, active, image.ref, registry_v3.ref(repo1, "1"))
+        assert not copy_lines(standby, namespace, "one")
+
+        active.kill()
+        ha.wait_active(standby, timeout=120)
+        mark = registry_v3.mark()
+        icp.apply("two", _spec(image.ref, registry_v3.ref(repo2, "1")))
+        obj = icp.wait_condition("two", reason="Copied", timeout=90, operator=standby)
+        _assert_mounted_from(obj, registry_v3, mark, repo1)
+        assert len(copy_lines(standby, namespace, "two")) == 1
+    finally:
+        ha.stop()
+        print(f"\nreplica logs: {[str(p.log_path) for p in ha.procs]}")
