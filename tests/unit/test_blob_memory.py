@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
 
 from imagecopy.controller import handlers
 from imagecopy.controller.memory import BlobMemory
+from imagecopy.controller.status import success_patch
 from imagecopy.copy.engine import MEMORY_BLOBS, largest_blob_keys
 from imagecopy.copy.locations import BlobLocations, blob_key
 from imagecopy.copy.mounts import MountStrategy
@@ -112,6 +114,8 @@ def test_the_status_records_the_largest_sha256_blobs_largest_first() -> None:
     report = CopyReport(source="s", destination="d", largest_blobs=keys[:3])
     assert report.last_copy()["largestBlobs"] == keys[:3]
     assert "largestBlobs" not in report.to_json()  # the CLI's --json is unchanged
+    patch = success_patch(None, report, 1, datetime.now(UTC))
+    assert patch["lastCopy"]["largestBlobs"] == keys[:3]
 
 
 def test_observe_feeds_destination_and_source_in_the_objects_namespace() -> None:

@@ -92,7 +92,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
         prefix=GROUP, key="last-handled-configuration"
     )
     # With --peering: how long our entry outlives us if we are killed (the standby's takeover
-    # delay); Kopf refreshes it 5–10 s before it expires (docs/reference.md, "Peering").
+    # delay); Kopf refreshes it 5-10 s before it expires (docs/reference.md, "Peering").
     settings.peering.lifetime = config.peering_lifetime
     settings.posting.reporting_component = "imagecopy"
     settings.posting.reporting_instance = socket.gethostname()

@@ -51,9 +51,11 @@ class BlobMemory:
         meta = _mapping(body.get("metadata"))
         status = _mapping(body.get("status"))
         last = _mapping(status.get("lastCopy"))
-        keys = _keys(last.get("largestBlobs"))
         uid, started = str(meta.get("uid") or ""), str(last.get("startTime") or "")
-        if not keys or (uid and self._seen.get(uid) == started):
+        if uid and self._seen.get(uid) == started:
+            return 0  # checked before the keys: most events are status patches of a re-check
+        keys = _keys(last.get("largestBlobs"))
+        if not keys:
             return 0
         namespace = str(meta.get("namespace") or "")
         repositories = []

@@ -165,7 +165,7 @@ def _timeout(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-#: Kopf refreshes a peering entry 5–10 s before it expires: a shorter lifetime would leave
+#: Kopf refreshes a peering entry 5-10 s before it expires: a shorter lifetime would leave
 #: no margin for a slow keep-alive PATCH (the standby would take over from a live replica).
 MIN_PEERING_LIFETIME = 10
 
