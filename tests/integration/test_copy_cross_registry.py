@@ -213,6 +213,51 @@ async def test_remembered_locations_turn_a_cross_registry_copy_into_mounts(
     assert all(e.status == 201 for e in mounts)
 
 
+async def test_remembered_locations_are_offered_only_within_their_tenant(
+    registry_v2: RegistryServer, registry_v3: RegistryServer
+) -> None:
+    # Two namespaces copy the same image into one registry: tenant y's copy is never offered
+    # tenant x's repository (it uploads, and no request names x's repository), while x's
+    # next copy mounts from it.
+    src = images.push_image(registry_v2, repo("dev"), "base", layers=3)
+    locations = BlobLocations()
+    x_repo = repo("team-x")
+    first = await copy(
+        src.ref,
+        f"{registry_v3.host}/{x_repo}:base",
+        registry_v2,
+        registry_v3,
+        options=CopyOptions(partition="x"),
+        locations=locations,
+    )
+    assert first.blobs_uploaded == 4
+    mark = registry_v3.mark()
+    other = await copy(
+        src.ref,
+        f"{registry_v3.host}/{repo('team-y')}:base",
+        registry_v2,
+        registry_v3,
+        options=CopyOptions(partition="y"),
+        locations=locations,
+    )
+    log = registry_v3.access_log_since(mark)
+    assert other.blobs_uploaded == 4 and other.blobs_mounted == 0
+    assert other.mounts_attempted == 0
+    assert not [e for e in log if x_repo in e.path or e.q("from") == x_repo]
+    mark = registry_v3.mark()
+    again = await copy(
+        src.ref,
+        f"{registry_v3.host}/{repo('team-x')}:base",
+        registry_v2,
+        registry_v3,
+        options=CopyOptions(partition="x"),
+        locations=locations,
+    )
+    mounts = [e for e in registry_v3.access_log_since(mark) if e.is_mount]
+    assert again.blobs_mounted == 4 and again.blobs_uploaded == 0
+    assert {e.q("from") for e in mounts} == {x_repo} and all(e.status == 201 for e in mounts)
+
+
 async def test_mount_from_repository_lacking_the_blob_uploads_into_the_202_session(
     registry_v2: RegistryServer, registry_v3: RegistryServer
 ) -> None:

@@ -291,6 +291,7 @@ def test_operator_settings_become_env_vars(helm: str, tmp_path: Path) -> None:
             "copyTimeout": "1h",
             "stallTimeout": "5m",
             "progressInterval": "30s",
+            "peeringLifetime": "30s",
         },
         "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
     }
@@ -310,6 +311,7 @@ def test_operator_settings_become_env_vars(helm: str, tmp_path: Path) -> None:
         "IMAGECOPY_COPY_TIMEOUT": "1h",
         "IMAGECOPY_STALL_TIMEOUT": "5m",
         "IMAGECOPY_PROGRESS_INTERVAL": "30s",
+        "IMAGECOPY_PEERING_LIFETIME": "30s",
     }
     assert env["HTTPS_PROXY"] == "http://proxy:3128"
     assert {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"] == 9090
@@ -336,6 +338,7 @@ def test_values_cover_every_operator_setting() -> None:
         "copyTimeout",
         "stallTimeout",
         "progressInterval",
+        "peeringLifetime",
     }
 
 

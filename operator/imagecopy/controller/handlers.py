@@ -12,6 +12,9 @@ start-up creates that client unconnected and the first login connects it; ``_kub
 does not depend on the order, and calls made before the first login wait for it (so no
 start-up handler may make one).
 
+The blob memory (``memory``) is fed by an index handler from the objects Kopf lists and
+watches, so a restarted or newly active process remembers where blobs live.
+
 Resuming (operator start) needs no handler of its own: the daemon starts for every existing
 object and looks when its schedule says (``schedule.Schedule.first_look``). Status is written
 by the service through the ``/status`` subresource, which never triggers the update handler
@@ -37,6 +40,7 @@ from ..copy.locations import BlobLocations
 from ..oci.pool import RegistryPool
 from .kube import GROUP, PLURAL, VERSION, KubeClient
 from .login import login_from_environment
+from .memory import BlobMemory
 from .metrics import Metrics, serve_metrics
 from .service import ImageCopyService, ObjectRef, transport_settings
 from .settings import Settings, format_duration
@@ -87,6 +91,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
+    # With --peering: how long our entry outlives us if we are killed (the standby's takeover
+    # delay); Kopf refreshes it 5-10 s before it expires (docs/reference.md, "Peering").
+    settings.peering.lifetime = config.peering_lifetime
     settings.posting.reporting_component = "imagecopy"
     settings.posting.reporting_instance = socket.gethostname()
 
@@ -105,8 +112,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
     )
     kube = _kube_client(memo)
     memo.pool = pool
+    memory = memo.memory = BlobMemory(BlobLocations())
     service = memo.service = ImageCopyService(
-        copier=Copier(pool, BlobLocations()),
+        copier=Copier(pool, memory.locations),
         secrets=kube,
         status_writer=kube,
         events=_post_event,
@@ -117,7 +125,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
         "imagecopy operator started: allowedRegistries=%s plainHttpRegistries=%s "
         "insecureRegistries=%s blockedNetworks=%s maxConcurrentCopies=%d "
         "maxCopiesPerNamespace=%d blobConcurrency=%d stalledRetry=%ss "
-        "copyTimeout=%s stallTimeout=%s connectTimeout=%s readTimeout=%s metricsPort=%d",
+        "copyTimeout=%s stallTimeout=%s connectTimeout=%s readTimeout=%s metricsPort=%d "
+        "peeringLifetime=%ds",
         ",".join(config.allowed_registries),
         ",".join(sorted(config.plain_http_registries)) or "-",
         ",".join(sorted(config.insecure_registries)) or "-",
@@ -131,6 +140,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
         format_duration(config.connect_timeout),
         format_duration(config.read_timeout),
         config.metrics_port,
+        config.peering_lifetime,
     )
 
 
@@ -142,6 +152,14 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     kube = memo.get("kube")
     if kube is not None:
         kube.close()
+
+
+@kopf.index(GROUP, VERSION, PLURAL, id="blobmemory")
+def blob_memory(memo: Any, body: kopf.Body, **_: Any) -> None:
+    """Feeds the blob memory from every listed and watched object (``memory``); Kopf runs
+    it before the object's own handlers, also for the listing after a standby takes over.
+    Stores nothing in Kopf's index (returns None)."""
+    memo.memory.observe(body)
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)

@@ -301,6 +301,7 @@ class ImageCopyService:
                 progress=progress,
                 verify=policy,
                 bounds=self.settings.bounds,
+                partition=ref.namespace,  # the blob memory is per tenant (copy.locations)
             )
             done = asyncio.Event()
             reporter = asyncio.create_task(

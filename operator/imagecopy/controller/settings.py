@@ -165,6 +165,25 @@ def _timeout(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+#: Kopf refreshes a peering entry 5-10 s before it expires: a shorter lifetime would leave
+#: no margin for a slow keep-alive PATCH (the standby would take over from a live replica).
+MIN_PEERING_LIFETIME = 10
+
+
+def _peering_lifetime(env: Mapping[str, str]) -> int:
+    """``IMAGECOPY_PEERING_LIFETIME``: whole seconds ≥ 10 (Kopf counts whole seconds)."""
+    name, raw = "IMAGECOPY_PEERING_LIFETIME", env.get("IMAGECOPY_PEERING_LIFETIME", "").strip()
+    if not raw:
+        return 20
+    try:
+        value = parse_duration(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+    if value < MIN_PEERING_LIFETIME:
+        raise SettingsError(f"{name}={raw!r} must be at least {MIN_PEERING_LIFETIME}s")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     #: Registries a spec may name: ``HOST[:PORT]`` globs (``RegistryPattern``).
@@ -202,6 +221,9 @@ class Settings:
     bounds: Bounds = field(default_factory=Bounds)
     #: Seconds between ``status.progress`` writes of a running copy (``progress``).
     progress_interval: float = 10.0
+    #: Seconds a replica's Kopf peering entry stays valid without a keep-alive (with
+    #: ``--peering``): a killed active replica is taken over after at most this long.
+    peering_lifetime: int = 20
 
     @property
     def namespace_copy_slots(self) -> int:
@@ -318,6 +340,7 @@ class Settings:
             connect_timeout=_timeout(env, "IMAGECOPY_CONNECT_TIMEOUT", 10.0),
             read_timeout=_timeout(env, "IMAGECOPY_READ_TIMEOUT", 60.0),
             progress_interval=_timeout(env, "IMAGECOPY_PROGRESS_INTERVAL", 10.0),
+            peering_lifetime=_peering_lifetime(env),
             max_copies_per_namespace=(
                 integer("IMAGECOPY_MAX_COPIES_PER_NAMESPACE", 1, 1)
                 if env.get("IMAGECOPY_MAX_COPIES_PER_NAMESPACE", "").strip()

@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 
 from ..oci.blobs import Limits, UploadOptions
 from ..oci.credentials import CredentialStore
+from ..oci.descriptor import Descriptor
 from ..oci.errors import Side
 from ..oci.pool import RegistryPool, Session
 from ..oci.reference import Reference
 from .attachments import add_attachments
 from .execute import Destination, DryRunDestination, Executor, RegistryDestination
-from .locations import BlobLocations
+from .locations import BlobLocations, blob_key
 from .mounts import MountStrategy
 from .options import CopyOptions
 from .plan import Plan, destination_reference, make_plan
@@ -35,7 +37,10 @@ from .referrers import add_referrers
 from .report import CopyReport, MountPolicy, Outcome
 from .verify import verify_image
 
-__all__ = ["Copier"]
+__all__ = ["MEMORY_BLOBS", "Copier", "largest_blob_keys"]
+
+#: Blobs per copy recorded for the blob memory (``status.lastCopy.largestBlobs``).
+MEMORY_BLOBS = 64
 
 
 class Copier:
@@ -73,7 +78,12 @@ class Copier:
         report: CopyReport,
     ) -> None:
         mounts = MountStrategy(
-            src, dst, enabled=options.mount, mount_from=options.mount_from, locations=self.locations
+            src,
+            dst,
+            enabled=options.mount,
+            mount_from=options.mount_from,
+            locations=self.locations,
+            partition=options.partition,
         )
         report.mount_policy = (
             MountPolicy.DISABLED
@@ -148,8 +158,19 @@ class Copier:
         if not options.dry_run:
             report.tags = list(plan.tags)
             digests = list(plan.blobs)
-            self.locations.add_many(src.registry, digests, src.repository)
-            self.locations.add_many(dst.registry, digests, dst.repository)
+            part = options.partition
+            self.locations.add_many(src.registry, digests, src.repository, partition=part)
+            self.locations.add_many(dst.registry, digests, dst.repository, partition=part)
+            report.largest_blobs = largest_blob_keys(plan.blobs.values())
+
+
+def largest_blob_keys(blobs: Iterable[Descriptor], limit: int = MEMORY_BLOBS) -> list[str]:
+    """The keys (``locations.blob_key``) of the ``limit`` largest sha256 blobs, largest first:
+    what a status records so the blob memory outlives the process (docs/reference.md §2)."""
+    ranked = sorted(
+        (d for d in blobs if d.digest.startswith("sha256:")), key=lambda d: (-d.size, d.digest)
+    )
+    return list(dict.fromkeys(blob_key(d.digest) for d in ranked))[:limit]
 
 
 def _pin(report: CopyReport, dst: Reference, digest: str) -> None:

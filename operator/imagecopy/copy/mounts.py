@@ -44,12 +44,14 @@ class MountStrategy:
         enabled: bool,
         mount_from: Iterable[str],
         locations: BlobLocations,
+        partition: str = "",
     ) -> None:
         self.source = source.repo
         self.destination = destination.repo
         self.same_registry = source.registry == destination.registry
         self.enabled = enabled
         self._locations = locations
+        self._partition = partition
         exclude = {self.destination.path}
         if self.same_registry:
             exclude.add(self.source.path)
@@ -73,7 +75,9 @@ class MountStrategy:
     def candidates(self, digest: str) -> tuple[Repository, ...]:
         registry = self.destination.registry
         exclude = {self.destination.path, *(r.path for r in self._explicit)}
-        remembered = self._locations.candidates(registry, digest, exclude=exclude, limit=REMEMBERED)
+        remembered = self._locations.candidates(
+            registry, digest, exclude=exclude, limit=REMEMBERED, partition=self._partition
+        )
         return (*self._explicit, *(registry.repository(path) for path in remembered))
 
     def learn(self, placement: BlobPlacement) -> None:

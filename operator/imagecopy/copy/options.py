@@ -51,6 +51,9 @@ class CopyOptions:
     mount: bool = True
     #: Extra mount sources on the destination registry, tried before remembered locations.
     mount_from: tuple[str, ...] = ()
+    #: Whose copy this is (the operator: the namespace): remembered blob locations are
+    #: offered as mount candidates, and learned, only within the same partition.
+    partition: str = ""
     #: Concurrent blob uploads (streams). Mounts are cheap and run wider.
     concurrency: int = 8
     mount_concurrency: int = 16

@@ -75,6 +75,8 @@ class CopyReport:
     #: The verification gate's verdict (``verify`` asked); None when not asked.
     verification: Verification | None = None
     start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: Keys of the copy's largest blobs, now at the destination (``engine.largest_blob_keys``).
+    largest_blobs: list[str] = field(default_factory=list)
 
     def count_blob(self, size: int, outcome: BlobOutcome) -> None:
         """Count one blob made present at the destination."""
@@ -197,6 +199,7 @@ class CopyReport:
             "mount": self.mount_json(),
             "referrers": self.referrers,
             "requests": self.requests,
+            "largestBlobs": list(self.largest_blobs),
         }
 
     def to_json(self) -> dict[str, Any]:

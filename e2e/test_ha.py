@@ -1,0 +1,191 @@
+"""High availability, measured: two replicas in one Kopf peering object on the real API server.
+
+The active replica (highest priority) copies, the standby stays paused. SIGKILL of the active
+one: its peering entry stays until it expires (``IMAGECOPY_PEERING_LIFETIME``, default 20 s),
+then the standby resumes and copies an object created right after the kill; the time from the
+kill to that object being Ready is the failover time (printed; the issue's goal is 30 s, the
+assertion a generous 60 s). A graceful SIGTERM removes the entry on the way out, so the standby
+takes over at once, long before a 120 s lifetime could expire. No object is copied by two
+processes at once: every copy report of an object appears in one replica's log, each destination
+manifest is PUT exactly once (the destination registry's access log), and after the SIGTERM of
+a replica in the middle of a slow copy the standby's first line about that object comes after
+the stopped replica's last one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from e2e.controlplane import ControlPlane
+from e2e.operator_harness import ImageCopies
+from e2e.replicas import Replicas, copy_lines, log_time, object_lines
+from testkit.images import push_big_image, push_image
+from testkit.registry import RegistryServer, select
+from tests.support.fixtures import *  # noqa: F403  (registry fixtures)
+
+pytestmark = pytest.mark.e2e
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def replicas(control_plane: ControlPlane) -> Iterator[list[Replicas]]:
+    """Replica sets a test starts; all stopped (and their peering objects deleted) after it."""
+    made: list[Replicas] = []
+    try:
+        yield made
+    finally:
+        for ha in made:
+            ha.stop()
+            print(f"\nreplica logs: {[str(p.log_path) for p in ha.procs]}")
+
+
+def manifest_puts(reg: RegistryServer, mark: int, repo: str) -> int:
+    return len(select(reg.access_log_since(mark), method="PUT", repo=repo, path="/manifests/"))
+
+
+def test_sigkill_of_the_active_replica_fails_over_within_a_minute(
+    control_plane: ControlPlane,
+    namespace: str,
+    replicas: list[Replicas],
+    registry_v2: RegistryServer,
+    registry_v3: RegistryServer,
+    unique_repo: Any,
+) -> None:
+    icp = ImageCopies(control_plane, namespace)
+    mark = registry_v3.mark()
+    ha = Replicas(control_plane, 2)
+    replicas.append(ha)
+    ha.start()
+    active, standby = ha.procs
+    assert ha.active() == [active]
+    peers = ha.peers()
+    assert {p["priority"] for p in peers.values()} == {1000, 900}
+    assert {p["lifetime"] for p in peers.values()} == {20}  # the operator's default, not Kopf's 60
+
+    names = [f"before-{i}" for i in range(3)]
+    srcs: dict[str, str] = {}
+    dsts: dict[str, str] = {}
+    for name in [*names, "after"]:
+        srcs[name], dsts[name] = unique_repo(f"dev/{name}"), unique_repo(f"prod/{name}")
+        push_image(registry_v2, srcs[name], "1", layers=2)
+    for name in names:
+        icp.apply(
+            name,
+            {
+                "source": {"image": registry_v2.ref(srcs[name], "1")},
+                "destination": {"image": registry_v3.ref(dsts[name], "1")},
+            },
+        )
+    for name in names:
+        icp.wait_condition(name, reason="Copied", timeout=60, operator=active)
+        assert ha.handled(namespace, name) == [active]  # the paused standby never saw it
+        assert ha.copied(namespace, name) == [active]
+
+    # SIGKILL: the entry stays in the peering object until its lifetime runs out.
+    lastseen = datetime.fromisoformat(ha.peers()[ha.identity_of(active)]["lastseen"])
+    active.kill()
+    killed = time.monotonic()
+    killed_at = datetime.now(lastseen.tzinfo)
+    icp.apply(
+        "after",
+        {
+            "source": {"image": registry_v2.ref(srcs["after"], "1")},
+            "destination": {"image": registry_v3.ref(dsts["after"], "1")},
+        },
+    )
+    icp.wait_condition("after", reason="Copied", timeout=60, operator=standby)
+    failover = time.monotonic() - killed
+    expiry = (lastseen + timedelta(seconds=20) - killed_at).total_seconds()
+    print(
+        f"\nfailover after SIGKILL: {failover:.1f}s to Ready "
+        f"(the active entry had {expiry:.1f}s left of its 20s lifetime)"
+    )
+    assert failover < 60
+    assert ha.active() == [standby]
+    assert ha.handled(namespace, "after") == [standby]
+    assert ha.copied(namespace, "after") == [standby]
+    # The standby re-checks the objects the active one copied, without copying them again.
+    for name in names:
+        icp.wait_condition(name, reason="Copied", timeout=30, operator=standby)
+        assert ha.copied(namespace, name) == [active]
+    time.sleep(2)  # a late duplicate copy would show up in the access log by now
+    for name in [*names, "after"]:
+        assert manifest_puts(registry_v3, mark, dsts[name]) == 1, name
+    assert ha.identity_of(active) not in ha.peers()  # the standby cleaned the dead entry
+
+
+def test_graceful_sigterm_hands_over_at_once_and_never_overlaps(
+    control_plane: ControlPlane,
+    namespace: str,
+    replicas: list[Replicas],
+    registry_v2: RegistryServer,
+    registry_v3: RegistryServer,
+    netproxy: Any,
+    unique_repo: Any,
+) -> None:
+    icp = ImageCopies(control_plane, namespace)
+    # A lifetime far beyond the assertion: a hand-over within 60 s cannot be an expiry.
+    ha = Replicas(control_plane, 2, env={"IMAGECOPY_PEERING_LIFETIME": "120s"})
+    replicas.append(ha)
+    ha.start()
+    active, standby = ha.procs
+    assert {p["lifetime"] for p in ha.peers().values()} == {120}
+
+    # A copy that takes a while (bandwidth-capped source), SIGTERMed while its layer streams.
+    src, dst = unique_repo("dev/slow"), unique_repo("prod/slow")
+    image = push_big_image(registry_v2, src, "1", size=16 * MiB, seed=11)
+    proxy = netproxy(registry_v2.host, bandwidth_bps=2 * MiB)
+    icp.apply(
+        "slow",
+        {
+            "source": {"image": f"{proxy.address}/{src}:1"},
+            "destination": {"image": registry_v3.ref(dst, "1")},
+        },
+    )
+    deadline = time.monotonic() + 30
+    while proxy.snapshot().bytes_down < MiB and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proxy.snapshot().bytes_down >= MiB, "the copy never started streaming"
+    assert ha.handled(namespace, "slow") == [active]
+
+    stopping = time.monotonic()
+    active.stop(timeout=30)  # SIGTERM; returns once the process has exited
+    stopped = time.monotonic() - stopping
+    assert ha.identity_of(active) not in ha.peers()  # it left the peering on its way out
+
+    other_src, other_dst = unique_repo("dev/next"), unique_repo("prod/next")
+    other = push_image(registry_v2, other_src, "1", layers=1)
+    created = time.monotonic()
+    icp.apply(
+        "next",
+        {
+            "source": {"image": registry_v2.ref(other_src, "1")},
+            "destination": {"image": registry_v3.ref(other_dst, "1")},
+        },
+    )
+    obj = icp.wait_condition("next", reason="Copied", timeout=60, operator=standby)
+    handover = time.monotonic() - created
+    print(
+        f"\ngraceful SIGTERM: the active replica exited in {stopped:.1f}s; an object created "
+        f"then was Ready {handover:.1f}s later (lifetime 120s)"
+    )
+    assert obj["status"]["destinationDigest"] == other.digest
+    assert handover < 60
+    assert ha.copied(namespace, "next") == [standby]
+
+    # The interrupted copy is finished by the standby, which started only after the active
+    # replica had written its last line about it.
+    obj = icp.wait_condition("slow", reason="Copied", timeout=120, operator=standby)
+    assert obj["status"]["destinationDigest"] == image.digest
+    last_active = max(t for t in map(log_time, object_lines(active, namespace, "slow")) if t)
+    first_standby = min(t for t in map(log_time, object_lines(standby, namespace, "slow")) if t)
+    print(f"slow copy: the standby's first line came {first_standby - last_active} later")
+    assert first_standby > last_active
+    assert not [line for line in copy_lines(active, namespace, "slow") if "=Copied" in line]
+    assert [p for p in ha.copied(namespace, "slow") if p is standby] == [standby]
