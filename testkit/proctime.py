@@ -1,17 +1,18 @@
 """A clock for child processes you can trust: wall time, CPU and peak RSS of one run.
 
-:func:`measure` forks, execs ``argv`` and reaps the child with a **blocking** ``os.wait4``: the
-wall time is ``time.perf_counter_ns`` from just before the fork to the moment the kernel hands
+:func:`measure` spawns ``argv`` (``posix_spawn``) and reaps the child with a **blocking** ``os.wait4``: the
+wall time is ``time.perf_counter_ns`` from just before the spawn to the moment the kernel hands
 back the exit status (no polling: ``Popen.wait(timeout)`` sleeps in steps growing to 50 ms and
 rounds every time up to that step). A watchdog thread enforces the timeout by sending SIGKILL
 through a pidfd (so it can never hit a recycled pid). CPU (``ru_utime + ru_stime``) and peak RSS
 (``ru_maxrss``) come from the ``rusage`` that ``wait4`` returns for that child alone.
 
 One Linux subtlety: ``ru_maxrss`` survives ``execve`` — the kernel keeps the maximum of the
-pre-exec address space, and a forked child starts with a copy of its parent's anonymous pages.
-A child forked from a big driver process therefore reports at least the driver's size. The
+pre-exec address space (for a vfork/posix_spawn child that is the parent's whole RSS, for a
+forked one a copy of its anonymous pages). A child spawned by a big driver process therefore
+reports at least the driver's size. The
 benchmark driver runs :class:`Spawner`, ``python -S -m testkit.proctime``: a small process
-(a few MiB of anonymous memory, no site packages) that does the fork/exec/wait4 on command, so
+(a few MiB of anonymous memory, no site packages) that does the spawn/wait4 on command, so
 the inherited floor is that small process; :func:`floor` measures it with ``/bin/true`` (wall
 time = the spawn overhead, RSS = the inherited floor) and the results report both.
 
@@ -88,16 +89,17 @@ def measure(
         errfd = err.fileno() if capture_stderr else os.open(os.devnull, os.O_WRONLY)
         devnull = os.open(os.devnull, os.O_RDWR)
         try:
+            actions = [
+                (os.POSIX_SPAWN_DUP2, devnull, 0),
+                (os.POSIX_SPAWN_DUP2, devnull, 1),
+                (os.POSIX_SPAWN_DUP2, errfd, 2),
+            ]
             t0 = time.perf_counter_ns()
-            pid = os.fork()
-            if pid == 0:  # child: only async-signal-safe work until exec
-                try:
-                    os.dup2(devnull, 0)
-                    os.dup2(devnull, 1)
-                    os.dup2(errfd, 2)
-                    os.execve(args[0], args, environ)
-                finally:
-                    os._exit(127)
+            # posix_spawn: vfork + exec in glibc, ~1 ms cheaper than fork of a Python process
+            try:
+                pid = os.posix_spawn(args[0], args, environ, file_actions=actions)
+            except OSError as exc:  # no such program, not executable: a failed run
+                return Measured(0, 127, 0, 0.0, 0.0, False, f"spawn failed: {exc}")
             pidfd: int | None = None
             with contextlib.suppress(OSError, AttributeError):
                 pidfd = os.pidfd_open(pid)
@@ -173,7 +175,7 @@ class Spawner:
         self, argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 900.0
     ) -> Measured:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        cmd = {"argv": list(argv), "env": dict(os.environ if env is None else env)}
+        cmd: dict[str, Any] = {"argv": list(argv), "env": dict(os.environ if env is None else env)}
         cmd["timeout"] = timeout
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
@@ -218,10 +220,7 @@ def _serve() -> None:
         if not line.strip():
             continue
         cmd = json.loads(line)
-        try:
-            m = measure(cmd["argv"], cmd.get("env"), float(cmd.get("timeout", 900.0)))
-        except OSError as exc:  # fork failed: report as a failed run
-            m = Measured(0, 127, 0, 0.0, 0.0, False, f"spawn failed: {exc}")
+        m = measure(cmd["argv"], cmd.get("env"), float(cmd.get("timeout", 900.0)))
         sys.stdout.write(json.dumps(asdict(m)) + "\n")
         sys.stdout.flush()
 
