@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -119,8 +120,11 @@ def run(
     registry: RegistryServer,
     runs: int = 5,
     log: Any = print,
+    requests: Callable[[], dict[str, int]] | None = None,
 ) -> dict[str, Any]:
-    """The apply→Ready row: ``proxy_host`` fronts ``registry`` with the injected RTT."""
+    """The apply→Ready row: ``proxy_host`` fronts ``registry`` with the injected RTT;
+    ``requests`` (optional) drains the proxy's request log and returns its counts (requests,
+    RTT chain, connections) since the previous call."""
     from kubernetes import client
 
     workdir = Path(tempfile.mkdtemp(prefix="imagecopy-bench-ready-"))
@@ -164,6 +168,8 @@ def run(
                 t = threading.Thread(target=waiter, daemon=True)
                 t.start()
                 time.sleep(0.2)  # the watch request is on the wire before the create
+                if requests is not None:
+                    requests()
                 created = time.time()
                 p0 = time.perf_counter()
                 custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
@@ -176,6 +182,8 @@ def run(
                 time.sleep(0.3)  # the operator's log lines after the status write
                 phases = breakdown(operator.logs(), namespace, name, created, box["ready"])
                 phases["perf_counter_s"] = round(p1 - p0, 4)
+                if requests is not None:
+                    phases.update(requests())
                 label = "warm-up" if i == 0 else f"run {i}/{runs}"
                 log(f"apply-ready {label}: {json.dumps(phases)}")
                 if i > 0:
@@ -202,6 +210,8 @@ def run(
         "phases_median_s": {
             k: med(k) for k in ("watch_s", "before_copy_s", "copy_s", "after_status_write_s")
         },
+        "registry_requests_median": med("requests"),
+        "registry_rtts_median": med("rtts"),
         "runs_detail": results,
         "goal_s": 1.0,
         "met": statistics.median(walls) <= 1.0,
@@ -210,12 +220,13 @@ def run(
 
 
 def main() -> int:
-    from bench.run import Proxy
+    from bench.run import Proxy, proxy_counts
 
     reg = RegistryServer(impl="v2").start()
     proxy = Proxy(reg.host, 10.0)
     try:
-        print(json.dumps(run(proxy.host, reg), indent=2))
+        result = run(proxy.host, reg, requests=lambda: proxy_counts(proxy))
+        print(json.dumps(result, indent=2))
     finally:
         proxy.close()
         reg.stop()

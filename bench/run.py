@@ -369,6 +369,17 @@ def critical_path(requests: list[dict[str, Any]]) -> int:
     return n
 
 
+def proxy_counts(proxy: Proxy) -> dict[str, int]:
+    """Drain the proxy's log: requests, their RTT chain and new connections since last time."""
+    d = proxy.dump()
+    reqs = d["requests"]
+    return {
+        "requests": len(reqs),
+        "rtts": critical_path(reqs) if reqs else 0,
+        "connections": int(d["connections"]),
+    }
+
+
 def blob_bytes_from_proxy(requests: list[dict[str, Any]]) -> int:
     """Blob content on the wire: upload bodies (PUT/PATCH on /blobs/) and blob GET answers."""
     total = 0
@@ -1085,12 +1096,13 @@ def apply_ready_markdown(ar: dict[str, Any]) -> list[str]:
         f"median of {ar['runs']} after 1 warm-up. Operator log: {ar['operator_log']}.",
         "",
         "| median s | min-max s | goal | watch → handler | handler → copy start | copy "
-        "| Ready status write → seen |",
-        "|---|---|---|---|---|---|---|",
+        "| Ready status write → seen | registry requests / RTT chain |",
+        "|---|---|---|---|---|---|---|---|",
         f"| {w['median']:.3f} | {w['min']:.3f}-{w['max']:.3f} | ≤ {ar['goal_s']} "
         f"({'met' if ar['met'] else '**missed**'}) | {f(ph.get('watch_s'))} | "
         f"{f(ph.get('before_copy_s'))} | {f(ph.get('copy_s'))} | "
-        f"{f(ph.get('after_status_write_s'))} |",
+        f"{f(ph.get('after_status_write_s'))} | {ar.get('registry_requests_median', '-')} / "
+        f"{ar.get('registry_rtts_median', '-')} |",
     ]
 
 
@@ -1342,7 +1354,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.apply_ready:
             t0 = time.monotonic()
             try:
-                data["apply_ready"] = apply_ready.run(proxy.host, reg, runs=5, log=log)
+                data["apply_ready"] = apply_ready.run(
+                    proxy.host, reg, runs=5, log=log, requests=lambda: proxy_counts(proxy)
+                )
             except Exception as exc:  # no control plane built: say so, keep the rest
                 data["notes"].append(f"apply-ready: not run: {type(exc).__name__}: {exc}")
                 log(f"apply-ready failed: {exc}")
