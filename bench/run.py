@@ -1077,6 +1077,15 @@ def _median(r: dict[str, Any] | None) -> float | None:
     return None if r is None or "wall_s" not in r else float(r["wall_s"]["median"])
 
 
+def _sweep_rows(
+    points: list[dict[str, Any]], cross: list[dict[str, Any]], sweep: str
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The points of one sweep with their cross-registry contrast, in the sweep's order."""
+    key = "bytes" if sweep == "size" else "layers"
+    rows = [(p, x) for p, x in zip(points, cross, strict=True) if sweep in p["sweeps"]]
+    return sorted(rows, key=lambda r: int(r[0]["image"][key]))
+
+
 def scaling_markdown(sc: dict[str, Any]) -> list[str]:
     points, cross = sc["same_registry"], sc["cross_registry_engine"]
     tools = [r["tool"] for r in points[0]["results"]] if points else []
@@ -1093,7 +1102,7 @@ def scaling_markdown(sc: dict[str, Any]) -> list[str]:
         ("size", "against size (8 layers)"),
         ("layers", "against layers (128 MiB)"),
     ):
-        rows = [(p, x) for p, x in zip(points, cross, strict=True) if sweep in p["sweeps"]]
+        rows = _sweep_rows(points, cross, sweep)
         if not rows:
             continue
         head = ["image", *tools, "engine requests", "engine RTTs", "cross-registry engine s"]
@@ -1163,7 +1172,7 @@ def write_scaling_plot(data: dict[str, Any], path: Path) -> None:
     points, cross = sc["same_registry"], sc["cross_registry_engine"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, sweep in zip(axes, ("size", "layers"), strict=True):
-        rows = [(p, x) for p, x in zip(points, cross, strict=True) if sweep in p["sweeps"]]
+        rows = _sweep_rows(points, cross, sweep)
         xs = [
             p["image"]["bytes"] / MiB if sweep == "size" else p["image"]["layers"] for p, _ in rows
         ]
@@ -1299,6 +1308,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--out", default=str(BENCH), help="where results.* and wall_time.png go")
     ap.add_argument(
+        "--report-only",
+        metavar="RESULTS_JSON",
+        help="measure nothing: re-render results.md, the plots and the README tables from a "
+        "results.json into --out",
+    )
+    ap.add_argument(
         "--engine-option",
         action="append",
         default=[],
@@ -1335,8 +1350,27 @@ def _git(*args: str) -> str:
     return out.stdout.strip()
 
 
+def write_reports(data: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(data, indent=2) + "\n")
+    write_markdown(data, out / "results.md")
+    try:
+        write_plot(data, out / "wall_time.png")
+        if "scaling" in data:
+            write_scaling_plot(data, out / "scaling.png")
+    except ImportError as exc:
+        log(f"no plot: {exc}")
+    if out.resolve() == BENCH.resolve():
+        for readme in (REPO_ROOT / "README.md", BENCH / "README.md"):
+            if update_readme(data, readme):
+                log(f"{readme.relative_to(REPO_ROOT)}: benchmark table regenerated")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report_only:
+        write_reports(json.loads(Path(args.report_only).read_text()), Path(args.out))
+        return 0
     started = time.monotonic()
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "operator"))
     data: dict[str, Any] = {
@@ -1401,19 +1435,7 @@ def main(argv: list[str] | None = None) -> int:
     data["elapsed_s"] = round(time.monotonic() - started, 1)
     data["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(data, indent=2) + "\n")
-    write_markdown(data, out / "results.md")
-    try:
-        write_plot(data, out / "wall_time.png")
-        if "scaling" in data:
-            write_scaling_plot(data, out / "scaling.png")
-    except ImportError as exc:
-        log(f"no plot: {exc}")
-    if out.resolve() == BENCH.resolve():
-        for readme in (REPO_ROOT / "README.md", BENCH / "README.md"):
-            if update_readme(data, readme):
-                log(f"{readme.relative_to(REPO_ROOT)}: benchmark table regenerated")
+    write_reports(data, out)
     print((out / "results.md").read_text())
     log(f"finished in {data['elapsed_s']} s")
     return 0
