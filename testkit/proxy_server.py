@@ -59,8 +59,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--upstream", required=True)
     ap.add_argument("--delay-ms", type=float, default=0.0)
+    ap.add_argument("--listen", default="127.0.0.1:0", help="host:port (default: a free port)")
     args = ap.parse_args()
-    proxy = BenchProxy(args.upstream, delay_ms=args.delay_ms)
+    proxy = BenchProxy(args.upstream, delay_ms=args.delay_ms, listen=args.listen)
     addr = proxy.start()
     print(f"READY {addr}", flush=True)
     for line in sys.stdin:
