@@ -19,9 +19,10 @@ from tests.integration.copyhelpers import FAST_RETRY, copy, repo
 
 pytestmark = pytest.mark.integration
 
-#: Per direction: a 100 ms round trip, far above the client's own time between requests of one
-#: wave even on a loaded machine, so a wave never looks like a chain.
-DELAY_MS = 50.0
+#: Per direction: a 400 ms round trip, far above the client's own time between the requests
+#: of one wave even on a loaded machine (it was over 100 ms on a load of 15 on two cores), so
+#: a wave never looks like a chain.
+DELAY_MS = 200.0
 
 
 def critical_chain(log: list[RequestRecord]) -> int:
