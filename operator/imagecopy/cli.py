@@ -434,7 +434,7 @@ async def _run_copy(
         insecure=frozenset(args.insecure),
         blocked_networks=args.blocked_networks,
         ca_file=args.ca_file,
-        max_connections=max(16, 2 * args.concurrency),
+        max_connections=options.connections,
         timeout=args.read_timeout,
         connect_timeout=args.connect_timeout,
     )

@@ -108,8 +108,12 @@ def transport_settings(settings: Settings) -> TransportSettings:
         plain_http=settings.plain_http_registries,
         insecure=settings.insecure_registries,
         blocked_networks=settings.blocked_networks,
-        # Every running copy may stream `blob_concurrency` blobs, each a GET and a PUT.
-        max_connections=max(16, 2 * settings.blob_concurrency * settings.max_concurrent_copies),
+        # Every running copy may stream `blob_concurrency` blobs, each a GET and a PUT; one
+        # copy's mounts and manifest requests alone fill `CopyOptions.connections`.
+        max_connections=max(
+            CopyOptions(concurrency=settings.blob_concurrency).connections,
+            2 * settings.blob_concurrency * settings.max_concurrent_copies,
+        ),
         timeout=settings.read_timeout,
         connect_timeout=settings.connect_timeout,
     )

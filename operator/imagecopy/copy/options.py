@@ -54,9 +54,10 @@ class CopyOptions:
     #: Whose copy this is (the operator: the namespace): remembered blob locations are
     #: offered as mount candidates, and learned, only within the same partition.
     partition: str = ""
-    #: Concurrent blob uploads (streams). Mounts are cheap and run wider.
+    #: Concurrent blob uploads (streams). Mounts are cheap and run wider: each wave of
+    #: mounts costs a round trip, so 32 link an image of up to 32 blobs in one.
     concurrency: int = 8
-    mount_concurrency: int = 16
+    mount_concurrency: int = 32
     #: Manifest requests (HEAD, GET, PUT, referrers) in flight at once, both sides together.
     manifest_concurrency: int = 16
     #: Limits of the image graph (children per index, depth, manifests, bytes, blobs,
@@ -72,3 +73,10 @@ class CopyOptions:
     progress: ProgressListener | None = None
     #: Refuse to copy unless the source is signed by one of these keys (``copy.verify``).
     verify: VerifyPolicy | None = None
+
+    @property
+    def connections(self) -> int:
+        """HTTP connections this copy can keep busy at once (HTTP/1.1: one request each):
+        a GET and a PUT per stream, or every mount and manifest request in flight together.
+        A smaller pool would queue the mounts behind each other in more round trips."""
+        return max(2 * self.concurrency, self.mount_concurrency + self.manifest_concurrency)

@@ -5,8 +5,10 @@ Why not `httpx.AsyncHTTPTransport`: profiling same-registry copies (bench/README
 about 40% of the client's CPU in the pool asking each idle connection "is the socket
 readable?" through anyio's extra-attribute machinery (a dict rebuilt per call), and blob
 streams paying one event-loop round and one h11 event per 64 KiB read. This module keeps
-httpcore (pooling, HTTP/1.1 and HTTP/2, TLS) and only changes the network backend: the
-liveness check uses the socket cached at connect time, and reads ask for up to 1 MiB. The
+httpcore (pooling, HTTP/1.1 and HTTP/2, TLS) and changes the network backend — the
+liveness check uses the socket cached at connect time (one poller per socket), and reads ask for
+up to 1 MiB — and the pool's request assignment, which httpcore makes quadratic in the pool's
+size (``_Pool``). The
 verified TLS context is built on first use, so plain-HTTP runs never load a CA bundle.
 
 The backend is also where the network guard (``oci.netguard``) sits: ``connect_tcp`` resolves
@@ -41,20 +43,30 @@ __all__ = ["READ_BYTES", "PoolTransport"]
 READ_BYTES = 1024 * 1024
 
 
-def _readable(sock: socket.socket | None) -> bool:
-    """An idle keep-alive connection with something to read was closed (or spoke out of
-    turn) by the server: the pool must not reuse it."""
-    if sock is None or sock.fileno() < 0:
-        return True
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
-    return bool(poller.poll(0))
+class _Readable:
+    """Whether an idle keep-alive connection has something to read: then the server closed
+    it (or spoke out of turn) and the pool must not reuse it. The pool asks this of every idle
+    connection whenever a request starts or ends, so the poller is made once per socket."""
+
+    def __init__(self, sock: socket.socket | None) -> None:
+        self._sock = sock
+        self._poller: select.poll | None = None
+
+    def __call__(self) -> bool:
+        sock = self._sock
+        if sock is None or sock.fileno() < 0:
+            return True
+        if self._poller is None:
+            self._poller = select.poll()
+            self._poller.register(sock.fileno(), select.POLLIN)
+        return bool(self._poller.poll(0))
 
 
 class _Stream(httpcore.AsyncNetworkStream):
     def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
         self._inner = inner
         self._socket = inner.get_extra_info("socket")
+        self._readable = _Readable(self._socket)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return await self._inner.read(max(max_bytes, READ_BYTES), timeout)
@@ -75,10 +87,58 @@ class _Stream(httpcore.AsyncNetworkStream):
 
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":
-            return _readable(self._socket)
+            return self._readable()
         if info == "socket":
             return self._socket
         return self._inner.get_extra_info(info)
+
+
+class _Pool(httpcore.AsyncConnectionPool):
+    """httpcore's connection pool with a linear assignment pass.
+
+    httpcore (1.0) re-runs ``_assign_requests_to_connections`` whenever a request starts or
+    ends, and in it builds, for every idle connection, a list of all connections (to compare
+    with the keep-alive limit) and, for every queued request, a list of the available ones:
+    quadratic in the pool's size. With the 48 connections a wave of mounts keeps busy that was
+    most of a same-registry copy's CPU. This pass keeps httpcore's rules — drop closed
+    connections, close expired ones, give a queued request the first available connection to
+    its origin, else a new connection while there is room, else replace an idle one — in one
+    walk per queued request that stops at the first fit; an idle connection is checked for
+    expiry (keep-alive time, or closed by the server) only when the walk reaches it. The
+    keep-alive limit is the connection limit here (``PoolTransport``), so it never closes a
+    connection on its own.
+    """
+
+    def _assign_requests_to_connections(self) -> list[httpcore.AsyncConnectionInterface]:
+        closing: list[httpcore.AsyncConnectionInterface] = []
+        live = [connection for connection in self._connections if not connection.is_closed()]
+        self._connections = live
+        for pool_request in [request for request in self._requests if request.is_queued()]:
+            origin = pool_request.request.url.origin
+            idle: httpcore.AsyncConnectionInterface | None = None
+            chosen: httpcore.AsyncConnectionInterface | None = None
+            for connection in list(live):
+                if connection.is_idle() and connection.has_expired():
+                    # Asked only of a connection about to be reused or replaced, not of
+                    # every idle one on every request (a poll each).
+                    live.remove(connection)
+                    closing.append(connection)
+                    continue
+                if connection.can_handle_request(origin) and connection.is_available():
+                    chosen = connection
+                    break
+                if idle is None and connection.is_idle():
+                    idle = connection
+            if chosen is None:
+                if len(live) >= self._max_connections:
+                    if idle is None:
+                        continue  # stays queued until a connection frees up
+                    live.remove(idle)
+                    closing.append(idle)
+                chosen = self.create_connection(origin)
+                live.append(chosen)
+            pool_request.assign_to_connection(chosen)
+        return closing
 
 
 class _Backend(httpcore.AsyncNetworkBackend):
@@ -223,7 +283,7 @@ class PoolTransport(httpx.AsyncBaseTransport):
             else:
                 # Plain-HTTP connections never use the context: skip loading CA certificates.
                 context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            pool = httpcore.AsyncConnectionPool(
+            pool = _Pool(
                 ssl_context=context,
                 max_connections=self._max_connections,
                 max_keepalive_connections=self._max_connections,

@@ -54,12 +54,21 @@ class DigestVerifier:
         self.seen = 0
 
     def update(self, chunk: bytes) -> None:
-        self._hash.update(chunk)
-        self.seen += len(chunk)
+        self.count(len(chunk))
+        self.hash(chunk)
+
+    def count(self, nbytes: int) -> None:
+        """The size half of ``update``: ``DigestMismatch`` once the stream is too long."""
+        self.seen += nbytes
         if self.size is not None and self.seen > self.size:
             raise DigestMismatch(
                 f"blob {self.expected} is longer than its descriptor's {self.size} bytes"
             )
+
+    def hash(self, chunk: bytes) -> None:
+        """The digest half of ``update``. hashlib lets go of the GIL for buffers over 2 KiB,
+        so this may run in a worker thread, one call at a time and in stream order."""
+        self._hash.update(chunk)
 
     def verify(self) -> None:
         if self.size is not None and self.seen != self.size:

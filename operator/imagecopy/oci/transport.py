@@ -245,9 +245,10 @@ class TransportSettings:
     #: Seconds to open a connection (TCP and TLS handshake).
     connect_timeout: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    #: Small on purpose: httpcore scans every pooled connection on each request, so a big
-    #: pool costs CPU per request; 16 covers 8 parallel GET→PUT streams.
-    max_connections: int = 16
+    #: A copy's 32 mounts and 16 manifest requests in flight together
+    #: (``CopyOptions.connections``), or 8 parallel GET→PUT streams. Assigning a request walks
+    #: the pool (``oci.connections``), so a much bigger pool costs CPU per request.
+    max_connections: int = 48
     http2: bool = False
     #: The egress rule the two host lists make (derived, validated at construction).
     egress: EgressRule = field(init=False, repr=False, compare=False)
