@@ -40,6 +40,7 @@ from .login import login_from_environment
 from .metrics import Metrics, serve_metrics
 from .service import ImageCopyService, ObjectRef, transport_settings
 from .settings import Settings, format_duration
+from .takeover import Takeover
 
 KIND = "ImageCopy"
 
@@ -88,8 +89,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
         prefix=GROUP, key="last-handled-configuration"
     )
     # With --peering: how long our entry outlives us if we are killed (the standby's takeover
-    # delay); Kopf refreshes it 5–10 s before it expires (docs/reference.md, "Peering").
+    # delay); Kopf refreshes it 5-10 s before it expires (docs/reference.md, "Peering").
     settings.peering.lifetime = config.peering_lifetime
+    memo.takeover = Takeover(peering=not settings.peering.standalone)
     settings.posting.reporting_component = "imagecopy"
     settings.posting.reporting_instance = socket.gethostname()
 
@@ -174,4 +176,9 @@ async def reconcile(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     **_: Any,
 ) -> None:
-    await memo.service.run(ObjectRef(namespace or "", name, uid), body, stopped.wait(), logger)
+    async with memo.takeover.daemon(stopped.wait()) as waited:
+        if stopped.is_set():
+            return
+        if waited:
+            logger.info("took over from a peer: first copy after a %.1fs grace", waited)
+        await memo.service.run(ObjectRef(namespace or "", name, uid), body, stopped.wait(), logger)

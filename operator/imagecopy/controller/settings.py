@@ -165,7 +165,7 @@ def _timeout(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-#: Kopf refreshes a peering entry 5–10 s before it expires: a shorter lifetime would leave
+#: Kopf refreshes a peering entry 5-10 s before it expires: a shorter lifetime would leave
 #: no margin for a slow keep-alive PATCH (the standby would take over from a live replica).
 MIN_PEERING_LIFETIME = 10
 
@@ -174,7 +174,7 @@ def _peering_lifetime(env: Mapping[str, str]) -> int:
     """``IMAGECOPY_PEERING_LIFETIME``: whole seconds ≥ 10 (Kopf counts whole seconds)."""
     name, raw = "IMAGECOPY_PEERING_LIFETIME", env.get("IMAGECOPY_PEERING_LIFETIME", "").strip()
     if not raw:
-        return 20
+        return 15
     try:
         value = parse_duration(raw)
     except ValueError as exc:
@@ -223,7 +223,7 @@ class Settings:
     progress_interval: float = 10.0
     #: Seconds a replica's Kopf peering entry stays valid without a keep-alive (with
     #: ``--peering``): a killed active replica is taken over after at most this long.
-    peering_lifetime: int = 20
+    peering_lifetime: int = 15
 
     @property
     def namespace_copy_slots(self) -> int:
