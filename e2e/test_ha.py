@@ -188,7 +188,7 @@ def test_graceful_sigterm_hands_over_at_once_and_never_overlaps(
     took_over = [
         t
         for line in object_lines(standby, namespace, "slow")
-        if "took over from a peer" in line and (t := log_time(line))
+        if "takeover grace (peering)" in line and (t := log_time(line))
     ]
     assert took_over, "the standby's first copy did not wait the takeover grace"
     print(f"slow copy: the standby started copying {took_over[0] - last_active} after")

@@ -180,5 +180,5 @@ async def reconcile(
         if stopped.is_set():
             return
         if waited:
-            logger.info("took over from a peer: first copy after a %.1fs grace", waited)
+            logger.info("takeover grace (peering): first copy after %.1fs", waited)
         await memo.service.run(ObjectRef(namespace or "", name, uid), body, stopped.wait(), logger)
