@@ -82,6 +82,7 @@ def everything(ns: str) -> dict[str, Any]:
             "maxCopiesPerNamespace": 2,
             "copyTimeout": "1h",
             "stallTimeout": "5m",
+            "peeringLifetime": "30s",
         },
         "logFormat": "plain",
         "logLevel": "verbose",

@@ -12,8 +12,8 @@ from imagecopy.controller import handlers
 from imagecopy.controller.settings import Settings, SettingsError
 
 
-def test_peering_lifetime_defaults_to_20_seconds() -> None:
-    assert Settings.from_env({}).peering_lifetime == 20
+def test_peering_lifetime_defaults_to_15_seconds() -> None:
+    assert Settings.from_env({}).peering_lifetime == 15
 
 
 @pytest.mark.parametrize(("raw", "seconds"), [("10", 10), ("30s", 30), ("1m", 60), ("90.7s", 90)])

@@ -44,6 +44,7 @@ from .memory import BlobMemory
 from .metrics import Metrics, serve_metrics
 from .service import ImageCopyService, ObjectRef, transport_settings
 from .settings import Settings, format_duration
+from .takeover import Takeover
 
 KIND = "ImageCopy"
 
@@ -94,6 +95,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
     # With --peering: how long our entry outlives us if we are killed (the standby's takeover
     # delay); Kopf refreshes it 5-10 s before it expires (docs/reference.md, "Peering").
     settings.peering.lifetime = config.peering_lifetime
+    memo.takeover = Takeover(peering=not settings.peering.standalone)
     settings.posting.reporting_component = "imagecopy"
     settings.posting.reporting_instance = socket.gethostname()
 
@@ -187,4 +189,9 @@ async def reconcile(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     **_: Any,
 ) -> None:
-    await memo.service.run(ObjectRef(namespace or "", name, uid), body, stopped.wait(), logger)
+    async with memo.takeover.daemon(stopped.wait()) as waited:
+        if stopped.is_set():
+            return
+        if waited:
+            logger.info("takeover grace (peering): first copy after %.1fs", waited)
+        await memo.service.run(ObjectRef(namespace or "", name, uid), body, stopped.wait(), logger)

@@ -174,7 +174,7 @@ def _peering_lifetime(env: Mapping[str, str]) -> int:
     """``IMAGECOPY_PEERING_LIFETIME``: whole seconds ≥ 10 (Kopf counts whole seconds)."""
     name, raw = "IMAGECOPY_PEERING_LIFETIME", env.get("IMAGECOPY_PEERING_LIFETIME", "").strip()
     if not raw:
-        return 20
+        return 15
     try:
         value = parse_duration(raw)
     except ValueError as exc:
@@ -223,7 +223,7 @@ class Settings:
     progress_interval: float = 10.0
     #: Seconds a replica's Kopf peering entry stays valid without a keep-alive (with
     #: ``--peering``): a killed active replica is taken over after at most this long.
-    peering_lifetime: int = 20
+    peering_lifetime: int = 15
 
     @property
     def namespace_copy_slots(self) -> int:
