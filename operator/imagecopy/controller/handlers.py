@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from ..copy.engine import Copier
 from ..copy.locations import BlobLocations
+from ..copy.refusals import MountRefusals
 from ..oci.pool import RegistryPool
 from .kube import GROUP, PLURAL, VERSION, KubeClient
 from .login import login_from_environment
@@ -106,7 +107,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
     kube = _kube_client(memo)
     memo.pool = pool
     service = memo.service = ImageCopyService(
-        copier=Copier(pool, BlobLocations()),
+        copier=Copier(pool, BlobLocations(), MountRefusals(config.mount_refusal_ttl)),
         secrets=kube,
         status_writer=kube,
         events=_post_event,

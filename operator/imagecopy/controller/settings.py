@@ -165,6 +165,25 @@ def _timeout(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _refusal_ttl(env: Mapping[str, str], name: str, default: float) -> float:
+    """A duration of at least 1 s, or ``0``/``0s``/``off`` (remember nothing); unset →
+    ``default``."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() in ("0", "0s", "off"):
+        return 0.0
+    try:
+        value = parse_duration(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+    if value < 1:
+        raise SettingsError(f"{name}={raw!r} must be at least 1s, or 0 to remember nothing")
+    if value > 86400:
+        raise SettingsError(f"{name}={raw!r} must be at most 24h")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     #: Registries a spec may name: ``HOST[:PORT]`` globs (``RegistryPattern``).
@@ -202,6 +221,8 @@ class Settings:
     bounds: Bounds = field(default_factory=Bounds)
     #: Seconds between ``status.progress`` writes of a running copy (``progress``).
     progress_interval: float = 10.0
+    #: Seconds a registry's mount refusal is remembered (``copy.refusals``); 0: not at all.
+    mount_refusal_ttl: float = 600.0
 
     @property
     def namespace_copy_slots(self) -> int:
@@ -318,6 +339,7 @@ class Settings:
             connect_timeout=_timeout(env, "IMAGECOPY_CONNECT_TIMEOUT", 10.0),
             read_timeout=_timeout(env, "IMAGECOPY_READ_TIMEOUT", 60.0),
             progress_interval=_timeout(env, "IMAGECOPY_PROGRESS_INTERVAL", 10.0),
+            mount_refusal_ttl=_refusal_ttl(env, "IMAGECOPY_MOUNT_REFUSAL_TTL", 600.0),
             max_copies_per_namespace=(
                 integer("IMAGECOPY_MAX_COPIES_PER_NAMESPACE", 1, 1)
                 if env.get("IMAGECOPY_MAX_COPIES_PER_NAMESPACE", "").strip()

@@ -6,18 +6,25 @@
 - Across registries: after a HEAD, the explicit ``mount_from`` repositories, then the ones
   the process has seen holding the digest on the destination registry (newest first, at
   most ``REMEMBERED``); only a registry that does not mount at all stops the tries.
+- Remembered refusals (``copy.refusals``): a registry that refused (or, on one registry,
+  answered 202 for a blob the source holds) is not asked again by any copy with the same
+  credential until the memory expires; a refused ``from`` repository is skipped likewise.
+- One probe first: until the first blob with mount candidates has its answer, the other
+  blobs wait, so a refusing registry costs one refused mount, not one per blob in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..oci.blobs import BlobPlacement
+from ..oci.blobs import BlobOutcome, BlobPlacement
 from ..oci.reference import Reference, Repository
 from ..oci.repository import MountRefusal
 from .locations import BlobLocations
+from .refusals import MountRefusals, RememberedRefusal
 
 __all__ = ["REMEMBERED", "MountRoute", "MountStrategy"]
 
@@ -44,12 +51,28 @@ class MountStrategy:
         enabled: bool,
         mount_from: Iterable[str],
         locations: BlobLocations,
+        refusals: MountRefusals | None = None,
+        credential: str = "",
     ) -> None:
         self.source = source.repo
         self.destination = destination.repo
         self.same_registry = source.registry == destination.registry
         self.enabled = enabled
         self._locations = locations
+        self._refusals = refusals
+        self._credential = credential
+        self._registry = str(destination.registry)
+        #: The remembered refusal that kept this copy from asking for any mount.
+        self.skipped: RememberedRefusal | None = None
+        #: Candidates left out because their refusal is remembered.
+        self.skipped_sources = 0
+        self._probing = False
+        self._settled = asyncio.Event()
+        if enabled and refusals is not None:
+            remembered = refusals.registry(self._registry, credential)
+            if remembered is not None:
+                self.enabled = False
+                self.skipped = remembered
         exclude = {self.destination.path}
         if self.same_registry:
             exclude.add(self.source.path)
@@ -70,20 +93,67 @@ class MountStrategy:
             return MountRoute((self.source,), False)
         return MountRoute(self.candidates(digest), True)
 
+    async def next_route(self, digest: str) -> tuple[MountRoute, bool]:
+        """``route``, after the probe's answer when one is out; and whether this blob is the
+        probe (its caller then calls ``settle`` however the blob ends)."""
+        route = self.route(digest)
+        if self._settled.is_set() or not route.mount_from:
+            return route, False
+        if not self._probing:
+            self._probing = True
+            return route, True
+        await self._settled.wait()
+        return self.route(digest), False
+
+    def settle(self) -> None:
+        """The probe has its answer (or failed): the blobs waiting for it go on."""
+        self._settled.set()
+
     def candidates(self, digest: str) -> tuple[Repository, ...]:
         registry = self.destination.registry
         exclude = {self.destination.path, *(r.path for r in self._explicit)}
         remembered = self._locations.candidates(registry, digest, exclude=exclude, limit=REMEMBERED)
-        return (*self._explicit, *(registry.repository(path) for path in remembered))
+        found = (*self._explicit, *(registry.repository(path) for path in remembered))
+        if self._refusals is None:
+            return found
+        kept = tuple(
+            repo
+            for repo in found
+            if self._refusals.source(self._registry, self._credential, repo.path) is None
+        )
+        self.skipped_sources += len(found) - len(kept)
+        return kept
 
     def learn(self, placement: BlobPlacement) -> None:
-        """Take note of the refusals a blob met; stop mounting when they say it is futile."""
-        for source, refusal in placement.refusals:
-            if self.enabled and (self.same_registry or refusal is MountRefusal.UNSUPPORTED):
-                log.info(
-                    "registry %s refused a mount from %s (%s); uploading for the rest of this copy",
-                    self.destination.registry,
-                    source.path,
-                    refusal.value,
+        """Take note of the refusals a blob met; stop mounting when they say it is futile,
+        and remember that for the copies that follow."""
+        # Refusals end a try each, a 202 or a failure ends the tries: they line up with the
+        # first statuses of ``declined``.
+        statuses = (*placement.declined, *([0] * len(placement.refusals)))
+        for (source, refusal), status in zip(placement.refusals, statuses, strict=False):
+            registry_wide = self.same_registry or refusal in _REGISTRY_WIDE
+            if registry_wide:
+                self._stop(status, f"refused a mount from {source.path} ({refusal.value})")
+            elif self._refusals is not None:
+                self._refusals.remember_source(
+                    self._registry, self._credential, source.path, status
                 )
-                self.enabled = False
+        if (
+            self.same_registry
+            and placement.outcome is not BlobOutcome.MOUNTED
+            and not placement.refusals
+            and placement.declined[:1] == (202,)
+        ):
+            # The source holds the blob, yet the registry opened a session instead.
+            self._stop(202, f"answered 202 to a mount from {self.source.path}")
+
+    def _stop(self, status: int, what: str) -> None:
+        if self._refusals is not None:
+            self._refusals.remember_registry(self._registry, self._credential, status)
+        if self.enabled:
+            log.info("registry %s %s; uploading for the rest of this copy", self._registry, what)
+            self.enabled = False
+
+
+#: Refusals that say the registry will not mount for us at all, whatever the source.
+_REGISTRY_WIDE = frozenset({MountRefusal.UNSUPPORTED, MountRefusal.NONCOMPLIANT})
