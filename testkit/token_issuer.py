@@ -25,6 +25,14 @@ Granting policy — **exactly the scopes requested**, intersected with an ACL:
 Nothing is ever granted that was not asked for, so a client that forgets
 ``repository:<src>:pull`` on a cross-repository mount gets a token the registry rejects.
 
+``all_or_nothing=True`` is **Docker Hub's rule**: an *authenticated* token request in which any
+``repository`` scope names a repository the caller may not pull is refused as a whole — 401
+with ``{"details": "access to the requested resource is not authorized"}`` — instead of
+granting the other scopes. So a cross-repository mount whose ``from`` repository the caller
+cannot read makes the *token request* fail, not the mount. Anonymous requests keep Docker Hub's
+anonymous behaviour: a 200 token whose ``access`` leaves out what may not be pulled. The
+refused scopes are recorded in :attr:`TokenRequest.refused`.
+
 Every request is recorded in :attr:`TokenIssuer.requests` (user, scopes asked, scopes granted)
 so tests can assert on what a client asked for.
 """
@@ -94,6 +102,7 @@ class TokenRequest:
     grant_type: str | None = None
     client_id: str | None = None
     time: float = field(default_factory=time.time)
+    refused: list[Scope] = field(default_factory=list)  # all_or_nothing: why it was a 401
 
     def requested(self) -> list[str]:
         return [str(s) for s in self.scopes_requested]
@@ -123,6 +132,7 @@ class TokenIssuer:
         pki: TestPKI | None = None,
         workdir: str | Path | None = None,
         realm_host: str = "localhost",
+        all_or_nothing: bool = False,
     ) -> None:
         if algorithm not in ("ES256", "RS256"):
             raise ValueError("algorithm must be ES256 or RS256")
@@ -135,6 +145,7 @@ class TokenIssuer:
         self.algorithm = algorithm
         self.tls = tls
         self.realm_host = realm_host
+        self.all_or_nothing = all_or_nothing
         self.requests: list[TokenRequest] = []
         self._refresh_tokens: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -275,6 +286,18 @@ class TokenIssuer:
                 granted.append(Scope(s.type, s.name, actions))
         return granted
 
+    def refused(self, user: str | None, scopes: list[Scope]) -> list[Scope]:
+        """Under ``all_or_nothing``, the scopes that make an authenticated request a 401: every
+        ``repository`` scope whose repository ``user`` may not pull. Empty otherwise."""
+        if not self.all_or_nothing or user is None:
+            return []
+        return [
+            s
+            for s in scopes
+            if s.type == "repository"
+            and not self.allowed_actions(user, Scope(s.type, s.name, ("pull",)))
+        ]
+
     # --- tokens -----------------------------------------------------------------------------
     def mint(
         self,
@@ -397,6 +420,30 @@ class _Handler(BaseHTTPRequestHandler):
             {"WWW-Authenticate": 'Basic realm="imagecopy-test-issuer"'},
         )
 
+    def _refuse(
+        self,
+        user: str | None,
+        service: str | None,
+        scopes: list[Scope],
+        grant: str | None,
+        client_id: str | None,
+    ) -> bool:
+        """Docker Hub's all-or-nothing rule: answer 401 for the whole request (True)."""
+        refused = self.owner.refused(user, scopes)
+        if not refused:
+            return False
+        self.owner.record(
+            TokenRequest(
+                self.command, user, service, scopes, [], 401, grant, client_id, refused=refused
+            )
+        )
+        self._send_json(
+            401,
+            {"details": "access to the requested resource is not authorized"},
+            {"WWW-Authenticate": 'Bearer realm="imagecopy-test-issuer"'},
+        )
+        return True
+
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         if url.path != "/token":
@@ -408,6 +455,8 @@ class _Handler(BaseHTTPRequestHandler):
         user, ok = self._basic_user()
         if not ok:
             self._unauthorized(user, service, scopes, None)
+            return
+        if self._refuse(user, service, scopes, None, _first(q, "client_id")):
             return
         granted = self.owner.grant(user, scopes)
         token = self.owner.mint(granted, subject=user or "")
@@ -453,6 +502,8 @@ class _Handler(BaseHTTPRequestHandler):
                 TokenRequest("POST", None, service, scopes, [], 400, grant, client_id)
             )
             self._send_json(400, {"error": "unsupported_grant_type"})
+            return
+        if self._refuse(user, service, scopes, grant, client_id):
             return
         granted = self.owner.grant(user, scopes)
         token = self.owner.mint(granted, subject=user)

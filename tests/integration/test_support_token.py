@@ -234,3 +234,50 @@ def test_rs256_tokens_are_accepted(
             assert r.status_code == 202
     finally:
         issuer.stop()
+
+
+def test_all_or_nothing_refuses_the_whole_request_like_docker_hub() -> None:
+    """Docker Hub's rule: one unpullable repository scope makes the whole token request a 401
+    (authenticated); anonymous callers still get a token without what they may not pull."""
+    issuer = TokenIssuer(
+        users={"tenant-a": "pa", "tenant-b": "pb"},
+        acl={"tenant-a": {"a/*": ["*"], "library/*": ["pull"]}, "tenant-b": {"b/*": ["*"]}},
+        anonymous_acl={"library/*": ["pull"]},
+        all_or_nothing=True,
+    ).start()
+    try:
+        both = ["repository:b/app:push,pull", "repository:a/private:pull"]
+        r = _token(issuer, both, ("tenant-b", "pb"))
+        assert r.status_code == 401
+        assert r.json() == {"details": "access to the requested resource is not authorized"}
+        rec = issuer.requests[-1]
+        assert rec.status == 401 and rec.granted() == []
+        assert [str(s) for s in rec.refused] == ["repository:a/private:pull"]
+        # without the unpullable scope the same caller gets exactly what it asked for
+        r = _token(issuer, both[:1], ("tenant-b", "pb"))
+        assert r.status_code == 200
+        assert _claims(r.json()["token"])["access"] == [
+            {"type": "repository", "name": "b/app", "actions": ["push", "pull"]}
+        ]
+        # a scope that may be pulled but not pushed is not a refusal: push is just left out
+        r = _token(issuer, ["repository:library/busybox:push,pull"], ("tenant-a", "pa"))
+        assert r.status_code == 200
+        assert _claims(r.json()["token"])["access"][0]["actions"] == ["pull"]
+        # anonymous: a 200 token that leaves out the private repository
+        r = _token(issuer, ["repository:library/busybox:pull", "repository:a/private:pull"], None)
+        assert r.status_code == 200
+        assert [a["name"] for a in _claims(r.json()["token"])["access"]] == ["library/busybox"]
+        # the OAuth2 form is refused the same way
+        r = httpx.post(
+            issuer.realm,
+            data={
+                "grant_type": "password",
+                "username": "tenant-b",
+                "password": "pb",
+                "service": issuer.service,
+                "scope": " ".join(both),
+            },
+        )
+        assert r.status_code == 401 and issuer.requests[-1].refused
+    finally:
+        issuer.stop()
