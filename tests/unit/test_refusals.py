@@ -104,7 +104,7 @@ def test_across_registries_a_refused_candidate_is_skipped_and_the_others_kept() 
     assert first.enabled  # Harbor's 401 is about team/a, not the registry
     second = strategy(refusals, src=OTHER, locations=locations)
     assert [r.path for r in second.route(DIGEST).mount_from] == ["team/b"]
-    assert second.skipped_sources == 1
+    assert second.skipped is not None and second.skipped.status == 401
     # A registry that does not mount at all (405) is remembered registry-wide.
     second.learn(
         BlobPlacement(BlobOutcome.UPLOADED, ((candidates[0], MountRefusal.UNSUPPORTED),), (405,))

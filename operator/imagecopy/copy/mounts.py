@@ -62,10 +62,9 @@ class MountStrategy:
         self._refusals = refusals
         self._credential = credential
         self._registry = str(destination.registry)
-        #: The remembered refusal that kept this copy from asking for any mount.
+        #: A remembered refusal that kept this copy from asking for a mount: the registry's,
+        #: or the first ``from`` repository's left out.
         self.skipped: RememberedRefusal | None = None
-        #: Candidates left out because their refusal is remembered.
-        self.skipped_sources = 0
         self._probing = False
         self._settled = asyncio.Event()
         if enabled and refusals is not None:
@@ -121,7 +120,9 @@ class MountStrategy:
             for repo in found
             if self._refusals.source(self._registry, self._credential, repo.path) is None
         )
-        self.skipped_sources += len(found) - len(kept)
+        if len(kept) < len(found) and self.skipped is None:
+            first = next(r for r in found if r not in kept)
+            self.skipped = self._refusals.source(self._registry, self._credential, first.path)
         return kept
 
     def learn(self, placement: BlobPlacement) -> None:
