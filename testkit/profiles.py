@@ -181,6 +181,9 @@ class ProfileFront:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     #: (repository, subject digest) → referrer descriptors, from manifests pushed through.
     _referrers: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: repository → digests of the manifests pushed into it through the front (by tag or
+    #: digest: ECR counts an untagged manifest too).
+    _pushed: dict[str, set[str]] = field(default_factory=dict)
 
     # -- the RegistryServer face -------------------------------------------------------------
     @property
@@ -315,7 +318,9 @@ class ProfileFront:
         """Whether a manifest of ``repo`` (by tag, and the manifests its indexes list)
         references ``digest``: ECR's condition for a mount."""
         tags = self._get_json(f"/v2/{repo}/tags/list", headers) or {}
-        pending = list(tags.get("tags") or [])
+        with self._lock:
+            pushed = sorted(self._pushed.get(repo, ()))
+        pending = [*(tags.get("tags") or []), *pushed]
         seen: set[str] = set()
         while pending:
             ref = pending.pop()
@@ -372,6 +377,10 @@ class ProfileFront:
             return answer
         name, kind, _ = parts
         if kind == "manifests" and method == "PUT" and answer.status == 201:
+            digest = answer.header("Docker-Content-Digest")
+            if digest:
+                with self._lock:
+                    self._pushed.setdefault(name, set()).add(digest)
             self._note_subject(name, body, headers, answer)
         if kind == "manifests" and p == "dockerhub" and method in ("GET", "HEAD"):
             with self._lock:

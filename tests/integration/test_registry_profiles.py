@@ -394,6 +394,10 @@ async def test_referrers_are_copied_by_the_api_or_the_tag_schema(target: Target)
         src.ref, f"{t.reg.host}/{dst_repo}:1", t.reg, options=CopyOptions(referrers=True)
     )
     assert report.referrers == 1
+    # The image's two blobs and the artifact's two (empty config, payload), placed as the
+    # same-registry row says.
+    expected = "existing" if t.name == "ggcr" else SAME[t.name]
+    _check_outcome(report, expected, 4, remembered=False)
     assert crane_digest(t.reg, f"{t.reg.host}/{dst_repo}@{art.digest}") == art.digest
     log = t.reg.access_log_since(mark)
     listed = [e for e in log if e.method == "GET" and "/referrers/" in e.path]
