@@ -177,6 +177,9 @@ class ProfileFront:
     denied: set[str] = field(default_factory=set)
     records: list[FrontRecord] = field(default_factory=list)
     rate_remaining: int = RATE_LIMIT
+    #: Take blob bytes only in chunks: a monolithic ``PUT`` with a body is answered 416
+    #: (as registries that require chunked uploads do), so clients fall back to ``PATCH``.
+    chunked_only: bool = False
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     #: (repository, subject digest) → referrer descriptors, from manifests pushed through.
@@ -372,6 +375,14 @@ class ProfileFront:
                 return _error(how, "UNSUPPORTED", "referrers API not available")
             if how == "api":
                 return self._referrers_answer(parts[0], parts[2], query)
+        if (
+            self.chunked_only
+            and method == "PUT"
+            and "/blobs/uploads/" in path
+            and "digest" in query
+            and body
+        ):
+            return _error(416, "BLOB_UPLOAD_INVALID", "monolithic uploads are not accepted")
         answer = self.forward(method, path, query, headers, body)
         if parts is None:
             return answer

@@ -220,6 +220,9 @@ async def test_same_registry_copy(target: Target) -> None:
         elif n == 1:
             # One probe: its answer keeps the copy's other blobs from asking.
             assert [e.status for e in sent] == [expected]
+            if expected == 202 and t.name != "ggcr":
+                # The probe's session took its blob: no POST beyond one per uploaded blob.
+                assert _uploads_started(t, mark) == report.blobs_uploaded == 3
         else:
             assert sent == []  # remembered: the second copy pays no refused mount
         _check_outcome(report, "existing" if t.name == "ggcr" else expected, 3, n == 2)
@@ -413,3 +416,21 @@ async def test_referrers_are_copied_by_the_api_or_the_tag_schema(target: Target)
         assert fallback is not None
         assert [m["digest"] for m in fallback["manifests"]] == [art.digest]
     _row(t, "referrers", [report], [len(_mounts(t, mark))], "api" if api else "tag schema")
+
+
+async def test_ecr_answers_a_chunk_201_and_the_chunked_upload_completes(
+    upstream: RegistryServer, registry_v2: RegistryServer
+) -> None:
+    """ECR answers a ``PATCH`` with 201 instead of the spec's 202: the chunk is taken."""
+    with ProfileFront("ecr", upstream, chunked_only=True) as ecr:
+        src = images.push_image(registry_v2, f"t/{uuid.uuid4().hex[:8]}", "1", layers=2)
+        dst = f"{ecr.host}/{_ns(Target('ecr', ecr, registry_v2))}/app:1"
+        mark = ecr.mark()
+        report = await copy(src.ref, dst, registry_v2, ecr, options=CopyOptions(chunk_size=1024))
+        log = ecr.access_log_since(mark)
+        patches = [e for e in log if e.method == "PATCH"]
+        assert patches and {e.status for e in patches} == {201}
+        assert all(e.emulated for e in patches)
+        assert [e.status for e in log if e.method == "PUT" and "/blobs/" in e.path].count(416) == 3
+        assert report.blobs_uploaded == 3
+        assert crane_digest(ecr, dst) == src.digest
