@@ -383,6 +383,20 @@ class ProfileFront:
             and body
         ):
             return _error(416, "BLOB_UPLOAD_INVALID", "monolithic uploads are not accepted")
+        if (
+            p == "dockerhub"
+            and method == "GET"
+            and parts is not None
+            and parts[1] == "manifests"
+            and self.rate_remaining <= 0
+        ):
+            # The pull quota is spent: Docker Hub's 429 with its quota headers.
+            answer = _error(429, "TOOMANYREQUESTS", "You have reached your pull rate limit.")
+            answer.headers += [
+                ("ratelimit-limit", f"{RATE_LIMIT};w=21600"),
+                ("ratelimit-remaining", "0;w=21600"),
+            ]
+            return answer
         answer = self.forward(method, path, query, headers, body)
         if parts is None:
             return answer

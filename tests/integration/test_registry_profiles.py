@@ -27,7 +27,7 @@ import pytest
 from imagecopy.copy import CopyOptions, CopyReport
 from imagecopy.copy.locations import BlobLocations
 from imagecopy.copy.refusals import MountRefusals
-from imagecopy.oci.errors import Unauthorized
+from imagecopy.oci.errors import RateLimited, Unauthorized
 from testkit import images
 from testkit.peers import crane_digest
 from testkit.profiles import PROFILES, ProfileFront
@@ -434,3 +434,26 @@ async def test_ecr_answers_a_chunk_201_and_the_chunked_upload_completes(
         assert [e.status for e in log if e.method == "PUT" and "/blobs/" in e.path].count(416) == 3
         assert report.blobs_uploaded == 3
         assert crane_digest(ecr, dst) == src.digest
+
+
+async def test_docker_hub_counts_pulls_not_heads_and_a_spent_quota_is_said(
+    fronts: dict[str, Any], registry_v2: RegistryServer
+) -> None:
+    hub: ProfileFront = fronts["dockerhub"]
+    ns = f"ns{uuid.uuid4().hex[:8]}"
+    src = images.push_image(hub, f"{ns}/dev", "1", layers=1)
+    before, mark = hub.rate_remaining, hub.mark()
+    await copy(src.ref, f"{hub.host}/{ns}/prod:1", hub)
+    log = hub.access_log_since(mark)
+    gets = [e for e in log if e.method == "GET" and "/manifests/" in e.path and e.status == 200]
+    heads = [e for e in log if e.method == "HEAD" and "/manifests/" in e.path]
+    assert gets and heads
+    assert before - hub.rate_remaining == len(gets)  # HEAD requests are free
+    spent, hub.rate_remaining = hub.rate_remaining, 0
+    try:
+        with pytest.raises(RateLimited) as limited:
+            await copy(src.ref, f"{hub.host}/{ns}/prod2:1", hub)
+    finally:
+        hub.rate_remaining = spent
+    assert "rate-limited" in str(limited.value)
+    assert str(limited.value).endswith("; 0 of 100 pulls left per 6h")
