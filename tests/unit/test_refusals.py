@@ -10,7 +10,7 @@ import pytest
 
 from imagecopy.controller.settings import Settings, SettingsError
 from imagecopy.copy.locations import BlobLocations
-from imagecopy.copy.mounts import MountStrategy
+from imagecopy.copy.mounts import MountRoute, MountStrategy
 from imagecopy.copy.refusals import MountRefusals
 from imagecopy.copy.report import CopyReport, MountPolicy
 from imagecopy.oci.blobs import BlobOutcome, BlobPlacement
@@ -77,13 +77,22 @@ def test_a_refusal_on_one_registry_is_remembered_per_registry_and_credential() -
     assert len(refusals) == 0
 
 
-def test_a_202_for_a_blob_the_source_holds_counts_as_a_refusal_on_one_registry() -> None:
+def test_a_202_on_one_registry_makes_later_blobs_and_copies_look_first_then_mount() -> None:
     refusals, _ = memory()
     first = strategy(refusals)
     first.learn(BlobPlacement(BlobOutcome.UPLOADED, (), (202,)))
-    assert not first.enabled
+    # Still asked (the 202 opens the upload's session for free), but after a HEAD.
+    assert first.enabled and first.route(DIGEST) == MountRoute((SRC.repo,), True)
     remembered = refusals.registry("r.example", "alice")
     assert remembered is not None and remembered.status == 202
+    later = strategy(refusals)
+    assert later.enabled and later.skipped is None
+    assert later.route(DIGEST) == MountRoute((SRC.repo,), True)
+    # Across registries a 202 entry changes nothing; a real refusal outranks it.
+    assert strategy(refusals, src=OTHER).enabled
+    refusals.remember_registry("r.example", "alice", 403)
+    refused_entry = refusals.registry("r.example", "alice")
+    assert refused_entry is not None and refused_entry.status == 403
     # A mount that worked teaches nothing.
     fine, _ = memory()
     ok = strategy(fine)

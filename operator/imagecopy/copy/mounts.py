@@ -6,9 +6,10 @@
 - Across registries: after a HEAD, the explicit ``mount_from`` repositories, then the ones
   the process has seen holding the digest on the destination registry (newest first, at
   most ``REMEMBERED``); only a registry that does not mount at all stops the tries.
-- Remembered refusals (``copy.refusals``): a registry that refused (or, on one registry,
-  answered 202 for a blob the source holds) is not asked again by any copy with the same
-  credential until the memory expires; a refused ``from`` repository is skipped likewise.
+- Remembered refusals (``copy.refusals``): a registry that refused is not asked again by any
+  copy with the same credential until the memory expires; a refused ``from`` repository is
+  skipped likewise. One that answered 202 on one registry (for a blob the source holds) is
+  still asked, after a HEAD: its 202 opens the upload's session, so the mount costs nothing.
 - One probe first: until the first blob with mount candidates has its answer, the other
   blobs wait, so a refusing registry costs one refused mount, not one per blob in flight.
 """
@@ -67,11 +68,16 @@ class MountStrategy:
         self.skipped: RememberedRefusal | None = None
         self._probing = False
         self._settled = asyncio.Event()
+        #: One registry: HEAD before the mount (set once the registry answered a mount from
+        #: the source with 202, which then opens the upload's session at no extra cost).
+        self.heads_first = False
         if enabled and refusals is not None:
             remembered = refusals.registry(self._registry, credential)
-            if remembered is not None:
+            if remembered is not None and remembered.status != 202:
                 self.enabled = False
                 self.skipped = remembered
+            elif remembered is not None:
+                self.heads_first = self.same_registry
         exclude = {self.destination.path}
         if self.same_registry:
             exclude.add(self.source.path)
@@ -89,7 +95,7 @@ class MountStrategy:
         if not self.enabled:
             return MountRoute((), True)
         if self.same_registry:
-            return MountRoute((self.source,), False)
+            return MountRoute((self.source,), self.heads_first)
         return MountRoute(self.candidates(digest), True)
 
     async def next_route(self, digest: str) -> tuple[MountRoute, bool]:
@@ -145,8 +151,17 @@ class MountStrategy:
             and not placement.refusals
             and placement.declined[:1] == (202,)
         ):
-            # The source holds the blob, yet the registry opened a session instead.
-            self._stop(202, f"answered 202 to a mount from {self.source.path}")
+            # The source holds the blob, yet the registry opened a session instead: look for
+            # each blob first; the mount then opens the upload's session, costing nothing.
+            if self._refusals is not None:
+                self._refusals.remember_registry(self._registry, self._credential, 202)
+            if not self.heads_first:
+                log.info(
+                    "registry %s answered 202 to a mount from %s; looking for blobs first",
+                    self._registry,
+                    self.source.path,
+                )
+                self.heads_first = True
 
     def _stop(self, status: int, what: str) -> None:
         if self._refusals is not None:

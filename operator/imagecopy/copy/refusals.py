@@ -1,8 +1,10 @@
 """Registries that recently refused our mounts, remembered process-wide for a while.
 
-A registry that will not mount for a credential (401/403/405 or another refusal, or a 202
-for a blob the source repository is known to hold) answers the same way to the next blob
-and the next copy: asking again costs one request per blob and per copy for nothing. The
+A registry that will not mount for a credential (401/403/405 or another refusal) answers the
+same way to the next blob and the next copy: asking again costs one request per blob and per
+copy for nothing. A 202 for a blob the source repository is known to hold is noted too (status
+202): on one registry the copies that follow HEAD each blob before its mount, whose 202 then
+opens the upload's session (no request wasted, a mount never missed). The
 memory is keyed by destination registry and credential (its keyed fingerprint, never the
 secret), so another tenant's credential is still asked. Across registries, a refused
 candidate (``from`` repository) is remembered on its own: the others are still tried.
@@ -100,8 +102,8 @@ class MountRefusals:
         if self.ttl <= 0:
             return
         existing = self._get(key)
-        if existing is not None:
-            return  # the first refusal of the period sets its end
+        if existing is not None and (existing.status != 202 or status == 202):
+            return  # the first refusal of the period sets its end (a refusal outranks a 202)
         entry = RememberedRefusal(
             status=status,
             expires=self._clock() + self.ttl,
