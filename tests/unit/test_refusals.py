@@ -170,20 +170,3 @@ def test_the_ttl_setting_is_parsed_strictly() -> None:
     for bad in ("soon", "0.5s", "48h", "-1m"):
         with pytest.raises(SettingsError, match="IMAGECOPY_MOUNT_REFUSAL_TTL"):
             Settings.from_env({"IMAGECOPY_MOUNT_REFUSAL_TTL": bad})
-
-
-def test_docker_hub_quota_headers_are_read_strictly() -> None:
-    import httpx
-
-    from imagecopy.oci.repository import rate_limit_note
-
-    def note(**headers: str) -> str:
-        return rate_limit_note(httpx.Response(429, headers=headers))
-
-    assert note(**{"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "0;w=21600"}) == (
-        "; 0 of 100 pulls left per 6h"
-    )
-    assert note(**{"ratelimit-remaining": "7"}) == "; 7 pulls left"
-    assert note() == ""
-    assert note(**{"ratelimit-remaining": "lots; w=forever"}) == ""  # hostile: nothing said
-    assert note(**{"ratelimit-remaining": "9" * 40}) == ""

@@ -10,7 +10,6 @@ code. Making a blob present by the cheapest route is ``oci.blobs``; referrers ar
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -119,35 +118,6 @@ class MountAnswer:
     session: UploadSession | None = None
     refusal: MountRefusal | None = None
     status: int = 0
-
-
-_QUOTA = re.compile(r"\s*(\d{1,12})\s*(?:;\s*w\s*=\s*(\d{1,12}))?\s*")
-
-
-def rate_limit_note(response: httpx.Response) -> str:
-    """``; <remaining> of <limit> pulls left per <window>`` from Docker Hub's
-    ``ratelimit-remaining`` / ``ratelimit-limit`` headers (``100;w=21600``), or "" when
-    they are absent or not numbers."""
-    remaining = _QUOTA.fullmatch(response.headers.get("ratelimit-remaining", "")[:64])
-    if remaining is None:
-        return ""
-    limit = _QUOTA.fullmatch(response.headers.get("ratelimit-limit", "")[:64])
-    left = f"; {int(remaining.group(1))}"
-    if limit is not None:
-        left += f" of {int(limit.group(1))}"
-    window = (limit.group(2) if limit is not None else None) or remaining.group(2)
-    left += " pulls left"
-    if window:
-        left += f" per {format_seconds(int(window))}"
-    return left
-
-
-def format_seconds(seconds: int) -> str:
-    """21600 → ``6h``, 90 → ``90s``."""
-    for unit, size in (("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 class _NotAnErrorBody(Exception):
@@ -423,8 +393,7 @@ class RepositoryClient:
             if rejected is PushRejected:
                 kind, message = PushRejected, f"{where} rejected {what} with 404{detail}"
         elif status == 429:
-            quota = rate_limit_note(response)
-            kind, message = RateLimited, f"{where} rate-limited {what} (429){detail}{quota}"
+            kind, message = RateLimited, f"{where} rate-limited {what} (429){detail}"
         elif status == 507:
             kind = InsufficientStorage
             message = f"{where} has no space for {what} (507 Insufficient Storage){detail}"
