@@ -63,7 +63,9 @@ Behaviour fields (:class:`Behaviour`; :data:`BEHAVIOURS` names presets of them)
 - ``error_status`` / ``error_method`` / ``error_path`` / ``error_body`` — requests on the main
   listener whose method (None: any) and path (a regex, ``re.search``) match get
   ``error_status`` with an OCI error body: ``normal``, ``huge`` (``huge_bytes`` of message) or
-  ``deep`` (``errors`` nests ``json_depth`` arrays). Checked before auth.
+  ``deep`` (``errors`` nests ``json_depth`` arrays). Checked before auth. ``error_code`` is
+  the code of the ``normal`` body (default ``MANIFEST_UNKNOWN``); ``error_headers`` are sent
+  with the error (``dockerhub-rate-limited``: Docker Hub's ``ratelimit-*`` headers).
 - ``huge_bytes`` (64 MiB) and ``huge_framing`` — ``chunked`` (no ``Content-Length``: the
   client learns the size only by reading) or ``length`` (announced up front).
 - ``redirect_to`` / ``redirect_method`` / ``redirect_path`` — a 307 to this URL template for
@@ -206,6 +208,8 @@ class Behaviour:
     error_method: str | None = None
     error_path: str = r"/manifests/"
     error_body: BodyKind = "normal"
+    error_code: str = "MANIFEST_UNKNOWN"
+    error_headers: tuple[tuple[str, str], ...] = ()
     huge_bytes: int = 64 * MIB
     huge_framing: Literal["chunked", "length"] = "chunked"
     redirect_to: str | None = None
@@ -319,6 +323,18 @@ BEHAVIOURS: dict[str, Behaviour] = {
         ),
         Behaviour("upload-502", "every upload request answers 502", upload_status=502),
         Behaviour("huge-headers", "every answer has a 1 MiB header", header_bytes=MIB),
+        Behaviour(
+            "dockerhub-rate-limited",
+            "manifest GETs answer 429 TOOMANYREQUESTS with Docker Hub's rate-limit headers",
+            error_status=429,
+            error_method="GET",
+            error_code="TOOMANYREQUESTS",
+            error_headers=(
+                ("ratelimit-limit", "100;w=21600"),
+                ("ratelimit-remaining", "0;w=21600"),
+                ("docker-ratelimit-source", "192.0.2.7"),
+            ),
+        ),
         Behaviour(
             "huge-redirect",
             "blob requests redirect to another host that serves them, with a 64 MiB body",
@@ -917,7 +933,9 @@ class HostileRegistry:
             return self._huge(status, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"', b'"}]}')
         if b.error_body == "deep":
             return _answer_json(status, b'{"errors":' + _nested(b.json_depth) + b"}")
-        return _answer_json(status, _error_json("MANIFEST_UNKNOWN", "hostile error"))
+        answer = _answer_json(status, _error_json(b.error_code, "hostile error"))
+        answer.headers.extend(b.error_headers)
+        return answer
 
     def _manifest(self, name: str, ref: str, method: str, body: bytes, h: _Handler) -> _Answer:
         if method == "PUT":

@@ -27,7 +27,7 @@ import pytest
 from imagecopy.copy import CopyOptions, CopyReport
 from imagecopy.copy.locations import BlobLocations
 from imagecopy.copy.refusals import MountRefusals
-from imagecopy.oci.errors import RateLimited, Unauthorized
+from imagecopy.oci.errors import RateLimited
 from testkit import images
 from testkit.peers import crane_digest
 from testkit.profiles import PROFILES, ProfileFront
@@ -285,22 +285,7 @@ async def test_cross_registry_copy_mounts_from_a_remembered_repository(target: T
     _row(t, "cross registry, remembered candidate", reports, mounts, str(expected))
 
 
-#: Docker Hub's token service refuses the whole token request naming the unpullable
-#: candidate; dropping that candidate instead of failing is the ``tenants`` branch's change
-#: (issue 11), not merged here yet: strict, so the row turns red the day it passes.
-HUB_PENDING = pytest.param(
-    "dockerhub",
-    marks=pytest.mark.xfail(
-        raises=Unauthorized,
-        strict=True,
-        reason="a refused token request for a mount candidate still fails the copy (tenants)",
-    ),
-)
-
-
-@pytest.mark.parametrize(
-    "target", [HUB_PENDING, *(t for t in TARGETS if t != "dockerhub")], indirect=True
-)
+@pytest.mark.parametrize("target", TARGETS, indirect=True)
 async def test_a_refused_or_impossible_mount_uploads_and_is_not_asked_again(
     target: Target,
 ) -> None:
@@ -333,6 +318,14 @@ async def test_a_refused_or_impossible_mount_uploads_and_is_not_asked_again(
         elif expected == "token":
             assert sent == []  # the token service refused the candidate's scope
             _check_outcome(report, expected, 3, remembered=False)
+            refused_tokens = [r for r in t.reg.token_issuer.requests if r.refused]
+            assert refused_tokens  # Docker Hub's 401 for the whole request happened
+            if n == 1:
+                assert report.mount_json()["reason"].startswith(
+                    "the token service refused pull access to the mount source"
+                )
+            else:
+                assert report.mount_json()["reason"].startswith(_recently(401))
         elif expected == 202:
             assert [e.status for e in sent] == [202] * 3
             assert _uploads_started(t, mark) == report.blobs_uploaded == 3

@@ -27,9 +27,12 @@ import pytest
 
 from imagecopy.oci.auth import (
     MAX_TOKENS,
+    MOUNT_SOURCE,
+    OPTIONAL_SCOPES,
     SCOPES,
     Challenge,
     ChallengeCache,
+    RefusedScopes,
     RegistryAuth,
     Token,
     TokenCache,
@@ -39,9 +42,16 @@ from imagecopy.oci.auth import (
     parse_www_authenticate,
     scopes_for_request,
 )
+from imagecopy.oci.auth.scopes import drop_grants, optional_scopes
 from imagecopy.oci.credentials import ANONYMOUS, Credential
 from imagecopy.oci.egress import HostList
-from imagecopy.oci.errors import RateLimited, RegistryError, RegistryUnreachable, Unauthorized
+from imagecopy.oci.errors import (
+    RateLimited,
+    RegistryError,
+    RegistryUnreachable,
+    ScopeRefused,
+    Unauthorized,
+)
 from imagecopy.oci.reference import Registry
 from testkit.registry import RegistryServer
 from testkit.token_issuer import Scope, TokenIssuer, parse_scope
@@ -1150,3 +1160,119 @@ async def test_get_token_request_carries_no_credentials_when_anonymous(
         await head_blob(client, unique_repo())
     [(method, query, authorization)] = tokens.seen
     assert method == "GET" and authorization is None and "account" not in query
+
+
+# --- optional scopes: refused mount sources never fail a request ---------------------------
+
+
+def test_drop_grants_removes_only_the_named_actions() -> None:
+    scopes = ("repository:d:push,pull", "repository:a:pull", "registry:catalog:*")
+    assert drop_grants(scopes, grants(["repository:a:pull"])) == (
+        "repository:d:push,pull",
+        "registry:catalog:*",
+    )
+    assert drop_grants(scopes, grants(["repository:d:pull"]))[0] == "repository:d:push"
+
+
+def test_optional_scopes_never_include_what_the_request_requires() -> None:
+    request = httpx.Request(
+        "POST",
+        "http://r/v2/d/blobs/uploads/",
+        extensions={
+            SCOPES: ("repository:d:push,pull", "repository:s:pull"),
+            OPTIONAL_SCOPES: ("repository:s:pull", "repository:m:pull"),
+            MOUNT_SOURCE: "repository:x:pull",
+        },
+    )
+    listed, optional = optional_scopes(request)
+    assert listed == ("repository:s:pull", "repository:m:pull", "repository:x:pull")
+    assert optional.optional == grants(["repository:m:pull", "repository:x:pull"])
+    assert optional.essential == grants(["repository:x:pull"])
+    plain = httpx.Request("GET", "http://r/v2/d/manifests/x", extensions=pull("d"))
+    assert optional_scopes(plain) == ((), type(optional)())
+
+
+def test_refused_scopes_expire_and_are_per_credential_and_bounded() -> None:
+    memory = RefusedScopes(seconds=60, max_entries=2)
+    reg = Registry.parse("hub.example")
+    a = grants(["repository:a:pull"])
+    b = grants(["repository:b:pull"])
+    memory.remember(reg, ALICE.cache_key, a, now=100)
+    assert memory.refused(reg, ALICE.cache_key, a | b, now=150) == a
+    assert memory.refused(reg, READER.cache_key, a, now=150) == frozenset()
+    assert memory.refused(Registry.parse("other.example"), ALICE.cache_key, a, now=150) == set()
+    assert memory.refused(reg, ALICE.cache_key, a, now=161) == frozenset()  # expired
+    memory.remember(reg, ALICE.cache_key, a | b | grants(["repository:c:pull"]), now=200)
+    assert len(memory) == 2 and "grants=2" in repr(memory)
+
+
+async def test_a_first_mount_whose_source_the_token_service_refuses_is_not_sent(
+    registry_v3_token: RegistryServer, token_issuer: TokenIssuer, unique_repo: UniqueRepo
+) -> None:
+    """Docker Hub's rule on the session issuer: ``solo`` may pull only its own repositories.
+    A first request (no challenge known yet) naming another's as its mount source: the token
+    is asked again without it, the refusal remembered, and the mount never sent."""
+    mine, theirs = unique_repo("solo/mine"), unique_repo("theirs")
+    token_issuer.add_user("solo", "solo-pw", {f"{unique_repo}/solo/*": ["*"]})
+    token_issuer.all_or_nothing = True
+    memory = RefusedScopes()
+    mark = registry_v3_token.mark()
+    try:
+        async with client_for(registry_v3_token, Credential("solo", "solo-pw"), refused=memory) as (
+            client,
+            auth,
+        ):
+            mount = {
+                "params": {"mount": MISSING, "from": theirs},
+                "extensions": {**push(mine), MOUNT_SOURCE: f"repository:{theirs}:pull"},
+            }
+            with pytest.raises(ScopeRefused) as caught:
+                await client.post(f"/v2/{mine}/blobs/uploads/", **mount)
+            assert "refused pull access to the mount source" in str(caught.value)
+            assert "solo-pw" not in str(caught.value)
+            # remembered: the next one is refused without any request at all
+            before = auth.token_requests
+            with pytest.raises(ScopeRefused):
+                await client.post(f"/v2/{mine}/blobs/uploads/", **mount)
+            assert auth.token_requests == before
+            # and the destination's own requests still work with the token granted
+            started = await client.post(f"/v2/{mine}/blobs/uploads/", extensions=push(mine))
+            assert started.status_code == 202
+    finally:
+        token_issuer.all_or_nothing = False
+    asked = [r for r in token_issuer.requests if r.user == "solo"]
+    assert [r.status for r in asked] == [401, 200]
+    assert [str(s) for s in asked[0].refused] == [f"repository:{theirs}:pull"]
+    # the only mount request the registry saw is the unauthenticated first one (the challenge)
+    assert [s for m, s in log_for(registry_v3_token, mark, mine) if m == "POST"] == [401, 202]
+
+
+async def test_a_rejected_token_is_replaced_when_a_refused_optional_scope_was_left_out(
+    start_registry: Callable[..., RegistryServer], unique_repo: UniqueRepo
+) -> None:
+    """The token served without a refused optional scope is the one discarded when the
+    registry stops accepting it (not kept because the request also named the refused one)."""
+    mine, theirs = unique_repo("solo/mine"), unique_repo("theirs")
+    issuer = TokenIssuer(
+        users={"solo": "solo-pw"},
+        acl={"solo": {f"{unique_repo}/solo/*": ["*"]}},
+        all_or_nothing=True,
+    ).start()
+    try:
+        registry = start_registry(
+            impl="v3", auth="token", token_issuer=issuer, username=ADMIN_USER, password="pw"
+        )
+        extensions = {**pull(mine), OPTIONAL_SCOPES: (f"repository:{theirs}:pull",)}
+        issuer.issuer = "someone-else"  # tokens the registry will not trust
+        async with client_for(registry, Credential("solo", "solo-pw")) as (client, auth):
+            url = f"/v2/{mine}/blobs/{MISSING}"
+            assert (await client.head(url, extensions=extensions)).status_code == 401
+            assert auth.token_requests == 2  # refused with the optional scope, granted without
+            issuer.issuer = "imagecopy-test-issuer"
+            assert (await client.head(url, extensions=extensions)).status_code == 404
+            assert auth.token_requests == 3
+        solo = [r for r in issuer.requests if r.user == "solo"]
+        assert [r.status for r in solo] == [401, 200, 200]
+        assert all(f"repository:{theirs}:pull" not in r.requested() for r in solo[1:])
+    finally:
+        issuer.stop()

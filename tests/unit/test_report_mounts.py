@@ -64,3 +64,31 @@ def test_nothing_to_explain_when_all_mounted_or_present() -> None:
     )
     assert r.mount_json() == {"attempted": 1, "refused": 0, "reason": None}
     assert "not mounted" not in r.summary()
+
+
+def test_token_refused_candidates_are_explained_without_counting_as_requests() -> None:
+    from imagecopy.copy.report import TOKEN_REFUSED_REASON
+    from imagecopy.oci.reference import Registry
+    from imagecopy.oci.repository import MountRefusal
+
+    theirs = Registry("hub.example").repository("a/private")
+    dropped = ((theirs, MountRefusal.TOKEN_REFUSED),)
+    r = _report(
+        MountPolicy.ACROSS_REGISTRIES,
+        *[BlobPlacement(BlobOutcome.UPLOADED, refusals=dropped) for _ in range(3)],
+    )
+    assert r.mounts_token_refused == 3
+    assert r.mount_json() == {"attempted": 0, "refused": 0, "reason": TOKEN_REFUSED_REASON}
+    mixed = _report(
+        MountPolicy.ACROSS_REGISTRIES,
+        BlobPlacement(BlobOutcome.UPLOADED, refusals=dropped, declined=(202,)),
+    )
+    assert (
+        mixed.mount_reason
+        == f"{TOKEN_REFUSED_REASON}; registry answered 202 to cross-repository mounts"
+    )
+    # a dropped candidate whose blob another candidate mounted needs no explanation
+    fine = _report(
+        MountPolicy.ACROSS_REGISTRIES, BlobPlacement(BlobOutcome.MOUNTED, refusals=dropped)
+    )
+    assert fine.mount_reason is None and fine.mounts_attempted == 1

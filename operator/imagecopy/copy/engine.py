@@ -99,19 +99,27 @@ class Copier:
         )
         # One token per registry covers the whole copy: push (or, for a dry run, pull) on
         # the destination, pull on every mount source; on one registry the source shares it.
+        # The explicit mount sources' pull is optional: a token service that refuses it
+        # (Docker Hub refuses the whole request) is asked again without it.
         dst_actions = ("pull",) if options.dry_run else ("push", "pull")
         scopes = [dst.repo.scope(*dst_actions)]
         if mounts.same_registry and not src.same_repository(dst):
             scopes.append(src.repo.scope("pull"))
-        if options.mount:
-            scopes += [repo.scope("pull") for repo in mounts.explicit]
         dst_scopes = tuple(dict.fromkeys(scopes))
+        optional = (
+            tuple(dict.fromkeys(repo.scope("pull") for repo in mounts.explicit))
+            if options.mount
+            else ()
+        )
         src_scopes = dst_scopes if mounts.same_registry else (src.repo.scope("pull"),)
+        src_optional = optional if mounts.same_registry else ()
         # One bound on the copy's manifest requests, both sides together.
         slots = asyncio.Semaphore(max(1, options.manifest_concurrency))
-        source_repo = session.repository(src, Side.SOURCE, src_scopes, manifest_slots=slots)
+        source_repo = session.repository(
+            src, Side.SOURCE, src_scopes, optional_scopes=src_optional, manifest_slots=slots
+        )
         destination_repo = session.repository(
-            dst, Side.DESTINATION, dst_scopes, manifest_slots=slots
+            dst, Side.DESTINATION, dst_scopes, optional_scopes=optional, manifest_slots=slots
         )
 
         plan = await make_plan(source_repo, destination_repo, src, dst, options)

@@ -134,12 +134,20 @@ class MountStrategy:
     def learn(self, placement: BlobPlacement) -> None:
         """Take note of the refusals a blob met; stop mounting when they say it is futile,
         and remember that for the copies that follow."""
-        # Refusals end a try each, a 202 or a failure ends the tries: they line up with the
-        # first statuses of ``declined``.
-        statuses = (*placement.declined, *([0] * len(placement.refusals)))
-        for (source, refusal), status in zip(placement.refusals, statuses, strict=False):
-            registry_wide = self.same_registry or refusal in _REGISTRY_WIDE
-            if registry_wide:
+        # Refusals end a try each, a 202 or a failure ends the tries: the refusals that sent a
+        # request line up with the first statuses of ``declined``. A candidate whose pull the
+        # token service refused sent none: it is remembered on its own (the token request is
+        # not made again), never as the registry's refusal.
+        statuses = iter(placement.declined)
+        for source, refusal in placement.refusals:
+            if refusal is MountRefusal.TOKEN_REFUSED:
+                if self._refusals is not None:
+                    self._refusals.remember_source(
+                        self._registry, self._credential, source.path, 401
+                    )
+                continue
+            status = next(statuses, 0)
+            if self.same_registry or refusal in _REGISTRY_WIDE:
                 self._stop(status, f"refused a mount from {source.path} ({refusal.value})")
             elif self._refusals is not None:
                 self._refusals.remember_source(

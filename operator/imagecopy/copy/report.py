@@ -11,7 +11,7 @@ from ..oci.blobs import BlobOutcome, BlobPlacement
 from .refusals import RememberedRefusal
 from .verify import Verification
 
-__all__ = ["CopyReport", "MountPolicy", "Outcome", "human_bytes"]
+__all__ = ["TOKEN_REFUSED_REASON", "CopyReport", "MountPolicy", "Outcome", "human_bytes"]
 
 
 class Outcome(StrEnum):
@@ -26,6 +26,11 @@ class MountPolicy(StrEnum):
     DISABLED = "disabled"  # spec.mount false / --no-mount
     SAME_REGISTRY = "same registry"  # mount-first from the source repository
     ACROSS_REGISTRIES = "across registries"  # mount_from and remembered locations only
+
+
+#: ``mount.reason`` when mount candidates were dropped because the token service refused
+#: pull access to them (Docker Hub refuses a whole token request for one such repository).
+TOKEN_REFUSED_REASON = "the token service refused pull access to the mount source"
 
 
 def human_bytes(n: int) -> str:
@@ -68,6 +73,8 @@ class CopyReport:
     mounts_declined: dict[int, int] = field(default_factory=dict)
     #: The registry's recent refusal that kept this copy from asking for mounts at all.
     mounts_skipped: RememberedRefusal | None = None
+    #: Mount candidates dropped unasked: the token service refused pull access to them.
+    mounts_token_refused: int = 0
     #: The verification gate's verdict (``verify`` asked); None when not asked.
     verification: Verification | None = None
     start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -87,6 +94,7 @@ class CopyReport:
     def count_mounts(self, placement: BlobPlacement) -> None:
         """Count the mount requests one blob cost, and how each that did not mount ended."""
         self.mounts_attempted += placement.mount_attempts
+        self.mounts_token_refused += placement.token_refusals
         for status in placement.declined:
             self.mounts_declined[status] = self.mounts_declined.get(status, 0) + 1
 
@@ -99,18 +107,24 @@ class CopyReport:
         """Why blobs were not mounted, in words; None when there is nothing to explain (every
         mount linked its blob and no byte was uploaded without one being tried)."""
         refused = self.mounts_refused
+        said: list[str] = []
+        if self.mounts_token_refused and (refused or self.blobs_uploaded):
+            said.append(TOKEN_REFUSED_REASON)
         if refused:
             ranked = sorted(self.mounts_declined.items(), key=lambda kv: (-kv[1], kv[0]))
             answers = [str(code) if code else "no answer" for code, _ in ranked]
             if len(ranked) > 1:
                 answers = [f"{a} ({n})" for a, (_, n) in zip(answers, ranked, strict=True)]
-            said = ", ".join(answers)
+            codes = ", ".join(answers)
             if refused == self.mounts_attempted:
-                return f"registry answered {said} to cross-repository mounts"
-            return (
-                f"registry answered {said} to {refused} of {self.mounts_attempted} "
-                "cross-repository mounts"
-            )
+                said.append(f"registry answered {codes} to cross-repository mounts")
+            else:
+                said.append(
+                    f"registry answered {codes} to {refused} of {self.mounts_attempted} "
+                    "cross-repository mounts"
+                )
+        if said:
+            return "; ".join(said)
         if self.blobs_uploaded == 0:
             return None
         if self.mounts_skipped is not None:

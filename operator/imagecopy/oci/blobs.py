@@ -75,11 +75,18 @@ class BlobOutcome(StrEnum):
 class BlobPlacement:
     """How the blob came to be present, the mount refusals met on the way, and the status of
     every mount request that did not link the blob (refusals, a 202 session, a failed POST:
-    0 when no answer came), in order: what ``status.lastCopy.mount`` counts."""
+    0 when no answer came), in order: what ``status.lastCopy.mount`` counts. A candidate
+    whose ``pull`` the token service refused is a refusal (``TOKEN_REFUSED``) but no
+    request: it is not in ``declined``."""
 
     outcome: BlobOutcome
     refusals: tuple[tuple[Repository, MountRefusal], ...] = ()
     declined: tuple[int, ...] = ()
+
+    @property
+    def token_refusals(self) -> int:
+        """Mount candidates dropped because the token service refused their ``pull``."""
+        return sum(1 for _, refusal in self.refusals if refusal is MountRefusal.TOKEN_REFUSED)
 
     @property
     def mount_attempts(self) -> int:
@@ -157,6 +164,10 @@ async def ensure_blob(
                 break
             if answer.mounted:
                 return BlobPlacement(BlobOutcome.MOUNTED, tuple(refusals), tuple(declined))
+            if answer.refusal is MountRefusal.TOKEN_REFUSED:
+                # No request was sent: the candidate is dropped, the next one tried.
+                refusals.append((source, answer.refusal))
+                continue
             declined.append(answer.status)
             if answer.session is not None:
                 session = answer.session

@@ -28,6 +28,7 @@ __all__ = [
     "RegistryError",
     "RegistryNotAllowed",
     "RegistryUnreachable",
+    "ScopeRefused",
     "SecretInvalid",
     "SecretNotFound",
     "Side",
@@ -147,6 +148,14 @@ class Unauthorized(RegistryError):
     @property
     def retryable(self) -> bool:
         return False
+
+
+class ScopeRefused(Unauthorized):
+    """The token service refuses a scope a request could do without (a mount source's
+    ``pull``): the request was not sent. Caught where the request is made optional (a mount
+    candidate is dropped); it never ends a copy."""
+
+    label = "scope refused"
 
 
 class Forbidden(RegistryError):

@@ -17,7 +17,15 @@ from contextvars import ContextVar
 
 import httpx
 
-from .auth import SCOPES, ChallengeCache, RegistryAuth, TokenCache
+from .auth import (
+    MOUNT_SOURCE,
+    OPTIONAL_SCOPES,
+    SCOPES,
+    ChallengeCache,
+    RefusedScopes,
+    RegistryAuth,
+    TokenCache,
+)
 from .bounds import RedirectBodyLimit
 from .connections import PoolTransport
 from .credentials import CredentialStore
@@ -116,6 +124,8 @@ class RegistryPool:
         self.challenges = ChallengeCache()
         #: Bearer tokens per registry and credential, shared by sessions of one credential.
         self.tokens = TokenCache()
+        #: Mount sources' scopes token services refused, per registry and credential.
+        self.refused_scopes = RefusedScopes()
 
     def _stack(self, network: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
         return RetryTransport(
@@ -179,6 +189,7 @@ class Session:
                 challenges=self.pool.challenges,
                 scheme=settings.scheme(registry),
                 plain_http=settings.egress.plain_http,
+                refused=self.pool.refused_scopes,
             )
             self._auth[registry] = auth
         return auth
@@ -189,19 +200,27 @@ class Session:
         url: str | httpx.URL,
         *,
         scopes: tuple[str, ...],
+        optional_scopes: tuple[str, ...] = (),
+        mount_source: str | None = None,
         headers: Mapping[str, str] | None = None,
         content: bytes | AsyncIterator[bytes] | None = None,
         params: Mapping[str, str] | None = None,
     ) -> httpx.Request:
         """A request of this copy: counted in its stats, retried from its budget, its token
-        asking for ``scopes``."""
+        asking for ``scopes`` and, unless the token service refuses them, ``optional_scopes``
+        and ``mount_source`` (a mount request's source ``pull``)."""
+        extensions: dict[str, object] = {SCOPES: scopes, STATS: self.stats, BUDGET: self.budget}
+        if optional_scopes:
+            extensions[OPTIONAL_SCOPES] = optional_scopes
+        if mount_source:
+            extensions[MOUNT_SOURCE] = mount_source
         return self.pool.http.build_request(
             method,
             url,
             headers=headers,
             content=content,
             params=params,
-            extensions={SCOPES: scopes, STATS: self.stats, BUDGET: self.budget},
+            extensions=extensions,
         )
 
     async def send(
@@ -231,15 +250,18 @@ class Session:
         side: Side,
         scopes: Sequence[str] | None = None,
         *,
+        optional_scopes: Sequence[str] = (),
         manifest_slots: asyncio.Semaphore | None = None,
     ) -> RepositoryClient:
         """A client for ``ref``'s repository. ``scopes`` (built with ``Repository.scope``)
         are what its token asks for; default: pull on the repository itself.
+        ``optional_scopes`` (mount sources) are asked for too unless refused.
         ``manifest_slots`` bounds its manifest requests in flight (shared across clients)."""
         return RepositoryClient(
             self,
             ref.repo,
             side,
             tuple(scopes or (ref.scope("pull"),)),
+            optional_scopes=tuple(optional_scopes),
             manifest_slots=manifest_slots,
         )

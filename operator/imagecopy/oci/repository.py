@@ -42,11 +42,13 @@ from .errors import (
     RegistryError,
     RegistryNotAllowed,
     RegistryUnreachable,
+    ScopeRefused,
     Side,
     TLSError,
     Unauthorized,
     UnsupportedMediaType,
 )
+from .ratelimit import rate_limit_note
 from .reference import Registry, Repository, is_tag
 from .retry import RetryBudget
 from .transport import TransportSettings
@@ -98,6 +100,9 @@ class MountRefusal(StrEnum):
     REJECTED = "rejected"
     #: An answer the protocol does not allow (202 without Location, a 2xx other than 201).
     NONCOMPLIANT = "non-compliant answer"
+    #: The token service refused ``pull`` on the source (Docker Hub refuses the whole token
+    #: request then): the mount request was not sent.
+    TOKEN_REFUSED = "token refused"
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,8 @@ class Channel(Protocol):
         url: str | httpx.URL,
         *,
         scopes: tuple[str, ...],
+        optional_scopes: tuple[str, ...] = (),
+        mount_source: str | None = None,
         headers: Mapping[str, str] | None = None,
         content: bytes | AsyncIterator[bytes] | None = None,
         params: Mapping[str, str] | None = None,
@@ -190,6 +197,7 @@ class RepositoryClient:
         side: Side,
         scopes: tuple[str, ...],
         *,
+        optional_scopes: tuple[str, ...] = (),
         manifest_slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.session = session
@@ -199,6 +207,9 @@ class RepositoryClient:
         self.name = repository
         self.side = side
         self.scopes = scopes
+        #: Scopes asked for along with ``scopes`` unless the token service refuses them
+        #: (the pull of explicit mount sources): a refusal never fails a request.
+        self.optional_scopes = optional_scopes
         self.registry = repository.registry
         self._base = (
             f"{session.settings.scheme(self.registry)}://{self.registry}/v2/{repository.path}"
@@ -242,6 +253,7 @@ class RepositoryClient:
         content: bytes | AsyncIterator[bytes] | None = None,
         params: Mapping[str, str] | None = None,
         scopes: tuple[str, ...] | None = None,
+        mount_source: str | None = None,
         stream: bool = False,
         follow_redirects: bool = False,
     ) -> httpx.Response:
@@ -249,6 +261,8 @@ class RepositoryClient:
             method,
             url,
             scopes=scopes or self.scopes,
+            optional_scopes=self.optional_scopes,
+            mount_source=mount_source,
             headers=headers,
             content=content,
             params=params,
@@ -394,6 +408,9 @@ class RepositoryClient:
                 kind, message = PushRejected, f"{where} rejected {what} with 404{detail}"
         elif status == 429:
             kind, message = RateLimited, f"{where} rate-limited {what} (429){detail}"
+            note = rate_limit_note(str(self.registry), response.headers)
+            if note:
+                message += f"; {note}"
         elif status == 507:
             kind = InsufficientStorage
             message = f"{where} has no space for {what} (507 Insufficient Storage){detail}"
@@ -561,15 +578,19 @@ class RepositoryClient:
 
     async def mount_blob(self, digest: str, source: Repository) -> MountAnswer:
         """Ask the registry to link ``digest`` from ``source`` (same registry) into this
-        repository; the token also asks ``pull`` on ``source``."""
-        response = await self._send(
-            "mount blob",
-            "POST",
-            self._url("blobs/uploads/"),
-            params={"mount": digest, "from": source.path},
-            headers={"Content-Length": "0"},
-            scopes=(*self.scopes, source.scope("pull")),
-        )
+        repository; the token also asks ``pull`` on ``source``, optionally: when the token
+        service refuses it, no request is sent and the answer is ``TOKEN_REFUSED``."""
+        try:
+            response = await self._send(
+                "mount blob",
+                "POST",
+                self._url("blobs/uploads/"),
+                params={"mount": digest, "from": source.path},
+                headers={"Content-Length": "0"},
+                mount_source=source.scope("pull"),
+            )
+        except ScopeRefused:
+            return MountAnswer(refusal=MountRefusal.TOKEN_REFUSED, status=401)
         code = response.status_code
         if code == 201:
             return MountAnswer(mounted=True, status=code)

@@ -13,12 +13,21 @@ from imagecopy.oci.auth.challenge import (
     usable_challenge,
 )
 from imagecopy.oci.auth.flow import CLIENT_ID, MAX_TOKEN_RESPONSE_BYTES, RegistryAuth
-from imagecopy.oci.auth.scopes import SCOPES, Grant, grants, merge_scopes, scopes_for_request
+from imagecopy.oci.auth.scopes import (
+    MOUNT_SOURCE,
+    OPTIONAL_SCOPES,
+    SCOPES,
+    Grant,
+    grants,
+    merge_scopes,
+    scopes_for_request,
+)
 from imagecopy.oci.auth.tokens import (
     MAX_CHALLENGES,
     MAX_EXPIRES_IN,
     MAX_TOKENS,
     ChallengeCache,
+    RefusedScopes,
     Token,
     TokenCache,
     TokenKey,
@@ -31,10 +40,13 @@ __all__ = [
     "MAX_EXPIRES_IN",
     "MAX_TOKENS",
     "MAX_TOKEN_RESPONSE_BYTES",
+    "MOUNT_SOURCE",
+    "OPTIONAL_SCOPES",
     "SCOPES",
     "Challenge",
     "ChallengeCache",
     "Grant",
+    "RefusedScopes",
     "RegistryAuth",
     "Token",
     "TokenCache",

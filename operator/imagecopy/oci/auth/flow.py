@@ -9,6 +9,13 @@ Tokens and challenges live in the caches the caller owns (``tokens.py``).
 Where credentials go is the egress rule's (``oci.egress``): only to requests on the
 registry's own origin (scheme, host and port) and to a token realm ``checked_realm``
 accepts. A token answer is read up to ``MAX_TOKEN_RESPONSE_BYTES`` and no further.
+
+Optional scopes (``scopes.OPTIONAL_SCOPES``, ``scopes.MOUNT_SOURCE``: a mount source's
+``pull``) never make a request fail. A token service that refuses a request naming them
+(Docker Hub refuses the whole request for one repository the caller may not pull) is asked
+again without them; which of them it refuses is found out once and remembered per registry
+and credential (``RefusedScopes``), and later token requests leave them out. A mount request
+whose own source is refused is not sent: ``ScopeRefused`` says so to the caller.
 """
 
 from __future__ import annotations
@@ -28,12 +35,26 @@ from imagecopy.oci.auth.challenge import (
     parse_www_authenticate,
     usable_challenge,
 )
-from imagecopy.oci.auth.scopes import Grant, grants, merge_scopes, scopes_for_request
-from imagecopy.oci.auth.tokens import ChallengeCache, Token, TokenCache, TokenKey
+from imagecopy.oci.auth.scopes import (
+    Grant,
+    OptionalScopes,
+    drop_grants,
+    grants,
+    merge_scopes,
+    optional_scopes,
+    scopes_for_request,
+)
+from imagecopy.oci.auth.tokens import ChallengeCache, RefusedScopes, Token, TokenCache, TokenKey
 from imagecopy.oci.bounds import load_json
 from imagecopy.oci.credentials import Credential
 from imagecopy.oci.egress import HostList, Origin
-from imagecopy.oci.errors import RateLimited, RegistryError, RegistryUnreachable, Unauthorized
+from imagecopy.oci.errors import (
+    RateLimited,
+    RegistryError,
+    RegistryUnreachable,
+    ScopeRefused,
+    Unauthorized,
+)
 from imagecopy.oci.reference import Registry
 from imagecopy.oci.transport import request_is_replayable
 
@@ -61,6 +82,10 @@ class _Sent(enum.Enum):
     REGISTRY_TOKEN = "registry token"
 
 
+class _Stale(Exception):
+    """The scopes a token was to be fetched for changed while waiting for the fetch."""
+
+
 class RegistryAuth(httpx.Auth):
     """Answers registry challenges for one registry with one credential.
 
@@ -84,6 +109,7 @@ class RegistryAuth(httpx.Auth):
         scheme: str = "https",
         plain_http: HostList | None = None,
         clock: Callable[[], float] = time.monotonic,
+        refused: RefusedScopes | None = None,
     ) -> None:
         scheme = scheme.lower()
         if scheme not in ("http", "https"):
@@ -94,6 +120,7 @@ class RegistryAuth(httpx.Auth):
         self._token_client = token_client
         self._tokens = tokens
         self._challenges = challenges
+        self._refused = refused if refused is not None else RefusedScopes()
         self._scheme = scheme
         self._origin = Origin.of_registry(registry, scheme)
         self._plain_http = plain_http or HostList()
@@ -128,9 +155,10 @@ class RegistryAuth(httpx.Auth):
         if not self._targets_registry(request.url):
             yield request
             return
-        requested = scopes_for_request(request)
+        extra, optional = optional_scopes(request)
+        requested = merge_scopes(scopes_for_request(request), extra)
         needed = self._learned.get(grants(requested), requested)
-        sent = await self._authorize(request, needed)
+        sent = await self._authorize(request, needed, optional)
         response = yield request
         if response.status_code != 401 or not self._targets_registry(response.request.url):
             # A 401 from elsewhere (after a redirect) says nothing about this registry.
@@ -153,11 +181,12 @@ class RegistryAuth(httpx.Auth):
         scopes = merge_scopes(needed, challenge.scopes)
         if grants(scopes) != grants(needed):
             self._learned[grants(requested)] = scopes
-        key = self._key(scopes)
+        # What was asked for, less the optional scopes known to be refused.
+        key = self._key(self._usable(scopes, optional) if optional.optional else scopes)
         if isinstance(sent, Token) and key.grants <= sent.grants:
             # The token should have been enough: the registry no longer accepts it.
             self._tokens.discard(key, sent)
-        token = await self._token(challenge, scopes)
+        token = await self._token(challenge, scopes, optional)
         request.headers["Authorization"] = f"Bearer {token.value}"
         yield request
 
@@ -178,7 +207,7 @@ class RegistryAuth(httpx.Auth):
         return "Basic " + base64.b64encode(raw).decode("ascii")
 
     async def _authorize(
-        self, request: httpx.Request, needed: tuple[str, ...]
+        self, request: httpx.Request, needed: tuple[str, ...], optional: OptionalScopes
     ) -> Token | _Sent | None:
         """Attach what the known challenge asks for; returns what was attached."""
         challenge = self._challenge
@@ -193,7 +222,7 @@ class RegistryAuth(httpx.Auth):
         if self._credential.registry_token:
             request.headers["Authorization"] = f"Bearer {self._credential.registry_token}"
             return _Sent.REGISTRY_TOKEN
-        token = await self._token(challenge, needed)
+        token = await self._token(challenge, needed, optional)
         request.headers["Authorization"] = f"Bearer {token.value}"
         return token
 
@@ -215,10 +244,106 @@ class RegistryAuth(httpx.Auth):
         self._challenges.remember(self.registry, challenge)
         return challenge
 
-    async def _token(self, challenge: Challenge, scopes: tuple[str, ...]) -> Token:
+    async def _token(
+        self,
+        challenge: Challenge,
+        scopes: tuple[str, ...],
+        optional: OptionalScopes,
+    ) -> Token:
+        """A token for ``scopes``, less the optional ones known to be refused; when the
+        token service refuses a request naming optional scopes, which of them it refuses is
+        found out (``_find_refused``) and the token asked for without them."""
+        if not optional.optional:
+            return await self._cached_token(challenge, scopes)
+        while True:
+            usable = self._usable(scopes, optional)
+
+            def current(usable: tuple[str, ...] = usable) -> bool:
+                return self._usable(scopes, optional) == usable
+
+            try:
+                return await self._cached_token(challenge, usable, current)
+            except _Stale:
+                continue  # a refusal was learnt while this request waited: ask without it
+            except Unauthorized as exc:
+                asked = optional.optional & grants(usable)
+                if exc.operation != _OPERATION or exc.status not in (401, 403) or not asked:
+                    raise
+                async with self._refused.lock(self.registry, self._credential_key):
+                    if current():  # nobody found out meanwhile
+                        await self._find_refused(challenge, usable, asked, exc)
+
+    def _usable(self, scopes: tuple[str, ...], optional: OptionalScopes) -> tuple[str, ...]:
+        """``scopes`` without the optional grants remembered as refused; ``ScopeRefused``
+        when what is refused is the request's own mount source."""
+        refused = self._refused.refused(
+            self.registry, self._credential_key, optional.optional, self._clock()
+        )
+        if refused & optional.essential:
+            raise self._error(
+                ScopeRefused,
+                f"the token service of registry {self.registry} refused pull access to the "
+                "mount source",
+                401,
+            )
+        return drop_grants(scopes, refused) if refused else scopes
+
+    async def _find_refused(
+        self,
+        challenge: Challenge,
+        scopes: tuple[str, ...],
+        asked: frozenset[Grant],
+        refusal: Unauthorized,
+    ) -> None:
+        """The token service refused ``scopes`` (``refusal``); remember which of the optional
+        ``asked`` it refuses. Without any of them it must grant a token, else the refusal is
+        the credential's and that one is raised. One optional grant is refused by elimination;
+        of several, each is asked for alone with the rest."""
+        base = drop_grants(scopes, asked)
+        # Refused too: the credential's own refusal, raised as such (its message names only
+        # the request's own scopes, never another tenant's repositories).
+        await self._cached_token(challenge, base)
+        refused: set[Grant] = set()
+        if len(asked) == 1:
+            refused.update(asked)
+        else:
+            for grant in sorted(asked):
+                try:
+                    await self._cached_token(challenge, merge_scopes(base, [":".join(grant)]))
+                except Unauthorized as exc:
+                    if exc.operation != _OPERATION or exc.status not in (401, 403):
+                        raise
+                    refused.add(grant)
+        if not refused:
+            # Refused together, granted one by one: nothing to learn, nothing to blame.
+            raise self._error(
+                Unauthorized,
+                f"the token service of registry {self.registry} refused the mount sources' "
+                "pull access together and granted each alone",
+                refusal.status or 401,
+            )
+        log.info(
+            "token service of registry %s refuses %s for this credential; leaving it out",
+            self.registry,
+            " ".join(":".join(g) for g in sorted(refused)),
+        )
+        self._refused.remember(
+            self.registry, self._credential_key, frozenset(refused), self._clock()
+        )
+
+    async def _cached_token(
+        self,
+        challenge: Challenge,
+        scopes: tuple[str, ...],
+        current: Callable[[], bool] | None = None,
+    ) -> Token:
+        """A cached token for ``scopes``, else a fetched one; when ``current`` says the
+        scopes are no longer what to ask for (a waiter behind a refused fetch), ``_Stale``."""
         key = self._key(scopes)
 
         async def fetch() -> Token:
+            if current is not None and not current():
+                raise _Stale
             return await self._fetch_token(challenge, scopes, key.grants)
 
         return await self._tokens.get(key, fetch, clock=self._clock)

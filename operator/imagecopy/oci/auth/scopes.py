@@ -4,20 +4,41 @@ Scope strings are built by ``Repository.scope`` (reference.py); this module only
 already-built ones and compares what they grant. Requests name the scopes they need in
 ``request.extensions[SCOPES]`` (push scope first); a request without it gets scopes inferred
 from its ``/v2/<name>/...`` path.
+
+Some scopes are *optional*: a mount source's ``pull`` helps a request (the mount) but a
+token without it still serves the copy. ``extensions[OPTIONAL_SCOPES]`` names them for any
+request; ``extensions[MOUNT_SOURCE]`` names the one scope a mount request is pointless
+without (also optional: the blob can be uploaded instead).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import httpx
 
 from imagecopy.oci.reference import Registry, Repository
 
-__all__ = ["SCOPES", "Grant", "grants", "merge_scopes", "scopes_for_request"]
+__all__ = [
+    "MOUNT_SOURCE",
+    "OPTIONAL_SCOPES",
+    "SCOPES",
+    "Grant",
+    "OptionalScopes",
+    "drop_grants",
+    "grants",
+    "merge_scopes",
+    "optional_scopes",
+    "scopes_for_request",
+]
 
 #: Key in ``request.extensions``: ``tuple[str, ...]`` of token scopes, push scope first.
 SCOPES = "imagecopy.scopes"
+#: Key in ``request.extensions``: ``tuple[str, ...]`` of scopes the request can do without.
+OPTIONAL_SCOPES = "imagecopy.optional-scopes"
+#: Key in ``request.extensions``: the mount source's ``pull`` scope of a mount request.
+MOUNT_SOURCE = "imagecopy.mount-source"
 
 #: One action on one resource: ``(type, name, action)``; a scope of an unknown shape is
 #: ``(scope, "", "")``.
@@ -83,6 +104,51 @@ def grants(scopes: Iterable[str]) -> frozenset[Grant]:
         kind, name, actions = parsed
         out.update((kind, name, action) for action in actions)
     return frozenset(out)
+
+
+def drop_grants(scopes: Iterable[str], drop: frozenset[Grant]) -> tuple[str, ...]:
+    """``scopes`` without the actions ``drop`` names; a scope left with none goes."""
+    kept: list[str] = []
+    for scope in scopes:
+        parsed = _split_scope(scope)
+        if parsed is None:
+            if (scope, "", "") not in drop:
+                kept.append(scope)
+            continue
+        kind, name, actions = parsed
+        left = [a for a in actions if (kind, name, a) not in drop]
+        if left:
+            kept.append(f"{kind}:{name}:{','.join(left)}")
+    return merge_scopes(kept)
+
+
+@dataclass(frozen=True)
+class OptionalScopes:
+    """What a request's token may go without (``optional``), and what of that the request
+    itself is pointless without (``essential``: a mount's source)."""
+
+    optional: frozenset[Grant] = frozenset()
+    essential: frozenset[Grant] = frozenset()
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, Iterable):
+        return tuple(str(v) for v in value)
+    return ()
+
+
+def optional_scopes(request: httpx.Request) -> tuple[tuple[str, ...], OptionalScopes]:
+    """The optional scopes a request names (to ask for along with its own) and, as grants,
+    what of them may be dropped: never a grant its own ``SCOPES`` require."""
+    listed = _strings(request.extensions.get(OPTIONAL_SCOPES))
+    source = _strings(request.extensions.get(MOUNT_SOURCE))
+    if not listed and not source:
+        return (), OptionalScopes()
+    required = grants(_strings(request.extensions.get(SCOPES)))
+    optional = grants((*listed, *source)) - required
+    return merge_scopes(listed, source), OptionalScopes(optional, grants(source) & optional)
 
 
 def _registry_of(url: httpx.URL) -> Registry:

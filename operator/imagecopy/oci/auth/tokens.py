@@ -7,6 +7,10 @@ never served to a request made with another, anonymous included. Challenges are 
 and are remembered per registry only, so the first request of a later copy carries a token
 instead of paying a 401 round trip. Both caches are bounded. No I/O here: the fetch is the
 caller's.
+
+``RefusedScopes`` remembers, per registry and credential, the optional scopes (a mount
+source's ``pull``) a token service refused, so a token request that names them is not made
+again for a while (Docker Hub refuses a whole token request for one such scope).
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ __all__ = [
     "MAX_CHALLENGES",
     "MAX_EXPIRES_IN",
     "MAX_TOKENS",
+    "REFUSED_SCOPE_SECONDS",
     "ChallengeCache",
+    "RefusedScopes",
     "Token",
     "TokenCache",
     "TokenKey",
@@ -45,6 +51,10 @@ MAX_EXPIRES_IN = 86400.0
 MAX_TOKENS = 4096
 #: Default bound of a ``ChallengeCache``.
 MAX_CHALLENGES = 1024
+#: Seconds a refused optional scope is remembered before a token request may name it again.
+REFUSED_SCOPE_SECONDS = 600.0
+#: Default bound of a ``RefusedScopes`` (grants remembered, all owners together).
+MAX_REFUSED = 4096
 
 
 def token_lifetime(
@@ -232,3 +242,62 @@ class ChallengeCache:
         self._challenges[registry] = challenge
         while len(self._challenges) > self._max:
             self._challenges.popitem(last=False)
+
+
+class RefusedScopes:
+    """Optional grants a token service refused, per (registry, credential), each for
+    ``seconds`` of the callers' clock; bounded (past ``max_entries`` the oldest go first).
+
+    ``lock(owner)`` serialises the finding-out, so concurrent requests that meet one refusal
+    pay for it once.
+    """
+
+    def __init__(
+        self, *, seconds: float = REFUSED_SCOPE_SECONDS, max_entries: int = MAX_REFUSED
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError("a refused-scope memory holds at least one grant")
+        self.seconds = seconds
+        self._max = max_entries
+        self._until: OrderedDict[tuple[Registry, CredentialKey, Grant], float] = OrderedDict()
+        self._locks: dict[_Owner, asyncio.Lock] = {}
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def __repr__(self) -> str:
+        return f"RefusedScopes(grants={len(self)}, seconds={self.seconds})"
+
+    def refused(
+        self, registry: Registry, credential: CredentialKey, among: frozenset[Grant], now: float
+    ) -> frozenset[Grant]:
+        """Which of ``among`` are remembered as refused at clock value ``now``."""
+        out: set[Grant] = set()
+        for grant in among:
+            key = (registry, credential, grant)
+            until = self._until.get(key)
+            if until is None:
+                continue
+            if until <= now:
+                del self._until[key]
+            else:
+                out.add(grant)
+        return frozenset(out)
+
+    def remember(
+        self,
+        registry: Registry,
+        credential: CredentialKey,
+        refused: frozenset[Grant],
+        now: float,
+    ) -> None:
+        for grant in refused:
+            key = (registry, credential, grant)
+            self._until.pop(key, None)
+            self._until[key] = now + self.seconds
+        while len(self._until) > self._max:
+            self._until.popitem(last=False)
+
+    def lock(self, registry: Registry, credential: CredentialKey) -> asyncio.Lock:
+        """The lock under which one owner's refusals are found out."""
+        return self._locks.setdefault((registry, credential), asyncio.Lock())
