@@ -147,7 +147,12 @@ def test_a_registry_that_never_mounts_is_explained_in_the_status(
     last = obj["status"]["lastCopy"]
     assert last["blobs"]["existing"] == blobs and last["blobs"]["mounted"] == 0
     assert last["bytesSaved"] == size
-    assert last["mount"] == {"attempted": blobs, "refused": blobs, "reason": why}
+    # One probe: its 202 for a blob the source holds makes the other blobs HEAD first (and
+    # be found). An earlier copy on this registry in the same operator may have taught it.
+    if last["mount"]["attempted"]:
+        assert last["mount"] == {"attempted": 1, "refused": 1, "reason": why}
+    else:
+        assert last["mount"] == {"attempted": 0, "refused": 0}
     assert manifest_digest(registry_ggcr, dst, "1") == image.digest
 
     other = push_image(registry_v2, unique_repo("dev/elsewhere"), "1", layers=2)

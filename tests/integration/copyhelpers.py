@@ -8,6 +8,7 @@ from pathlib import Path
 
 from imagecopy.copy import Copier, CopyOptions, CopyReport
 from imagecopy.copy.locations import BlobLocations
+from imagecopy.copy.refusals import MountRefusals
 from imagecopy.oci.credentials import CredentialStore
 from imagecopy.oci.pool import RegistryPool, TransportSettings
 from imagecopy.oci.reference import Reference
@@ -50,9 +51,10 @@ async def copy(
     settings: TransportSettings | None = None,
     credentials: CredentialStore | None = None,
     locations: BlobLocations | None = None,
+    refusals: MountRefusals | None = None,
 ) -> CopyReport:
     async with RegistryPool(settings or settings_for(*registries)) as pool:
-        copier = Copier(pool, locations)
+        copier = Copier(pool, locations, refusals)
         return await copier.copy(
             Reference.parse(src),
             Reference.parse(dst, default_tag=None),

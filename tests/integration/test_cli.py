@@ -58,7 +58,9 @@ def test_json_says_why_go_containerregistry_mounted_nothing(
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["blobs"] == {"total": 3, "mounted": 0, "uploaded": 0, "existing": 3}
-    assert out["mount"] == {"attempted": 3, "refused": 3, "reason": why}
+    # One probe answered 202 for a blob the source holds: the other blobs were looked for
+    # (HEAD) instead of asked for a mount that would open a session for nothing.
+    assert out["mount"] == {"attempted": 1, "refused": 1, "reason": why}
 
     other = images.push_image(registry_v2, repo("dev"), "1", layers=1)
     mirror = f"{registry_ggcr.host}/{repo('mirror')}:1"

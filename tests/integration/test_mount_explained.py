@@ -82,7 +82,8 @@ async def test_same_registry_on_ggcr_says_why_nothing_was_mounted(
     src = images.push_image(reg, repo("dev"), "1", layers=2)
     report = await copy(src.ref, f"{reg.host}/{repo('prod')}:1", reg)
     assert report.blobs_mounted == 0 and report.blobs_existing == 3
-    assert report.last_copy()["mount"] == {"attempted": 3, "refused": 3, "reason": ANSWERED_202}
+    # One probe: its 202 for a blob the source holds says this registry does not mount.
+    assert report.last_copy()["mount"] == {"attempted": 1, "refused": 1, "reason": ANSWERED_202}
     # No byte moved: the sentence stays short, the status carries the reason.
     assert "not mounted" not in report.summary()
 

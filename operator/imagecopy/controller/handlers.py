@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from ..copy.engine import Copier
 from ..copy.locations import BlobLocations
+from ..copy.refusals import MountRefusals
 from ..oci.pool import RegistryPool
 from .kube import GROUP, PLURAL, VERSION, KubeClient
 from .login import login_from_environment
@@ -116,7 +117,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
     memo.pool = pool
     memory = memo.memory = BlobMemory(BlobLocations())
     service = memo.service = ImageCopyService(
-        copier=Copier(pool, memory.locations),
+        copier=Copier(pool, memory.locations, MountRefusals(config.mount_refusal_ttl)),
         secrets=kube,
         status_writer=kube,
         events=_post_event,

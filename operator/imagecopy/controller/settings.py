@@ -184,6 +184,25 @@ def _peering_lifetime(env: Mapping[str, str]) -> int:
     return int(value)
 
 
+def _refusal_ttl(env: Mapping[str, str], name: str, default: float) -> float:
+    """A duration of at least 1 s, or ``0``/``0s``/``off`` (remember nothing); unset →
+    ``default``."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() in ("0", "0s", "off"):
+        return 0.0
+    try:
+        value = parse_duration(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+    if value < 1:
+        raise SettingsError(f"{name}={raw!r} must be at least 1s, or 0 to remember nothing")
+    if value > 86400:
+        raise SettingsError(f"{name}={raw!r} must be at most 24h")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     #: Registries a spec may name: ``HOST[:PORT]`` globs (``RegistryPattern``).
@@ -224,6 +243,8 @@ class Settings:
     #: Seconds a replica's Kopf peering entry stays valid without a keep-alive (with
     #: ``--peering``): a killed active replica is taken over after at most this long.
     peering_lifetime: int = 15
+    #: Seconds a registry's mount refusal is remembered (``copy.refusals``); 0: not at all.
+    mount_refusal_ttl: float = 600.0
 
     @property
     def namespace_copy_slots(self) -> int:
@@ -341,6 +362,7 @@ class Settings:
             read_timeout=_timeout(env, "IMAGECOPY_READ_TIMEOUT", 60.0),
             progress_interval=_timeout(env, "IMAGECOPY_PROGRESS_INTERVAL", 10.0),
             peering_lifetime=_peering_lifetime(env),
+            mount_refusal_ttl=_refusal_ttl(env, "IMAGECOPY_MOUNT_REFUSAL_TTL", 600.0),
             max_copies_per_namespace=(
                 integer("IMAGECOPY_MAX_COPIES_PER_NAMESPACE", 1, 1)
                 if env.get("IMAGECOPY_MAX_COPIES_PER_NAMESPACE", "").strip()

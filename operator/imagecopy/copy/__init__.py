@@ -3,6 +3,7 @@
 from .engine import Copier
 from .locations import BlobLocations
 from .options import CopyOptions, ProgressListener, TagPolicy
+from .refusals import MountRefusals
 from .report import CopyReport, Outcome, human_bytes
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "Copier",
     "CopyOptions",
     "CopyReport",
+    "MountRefusals",
     "Outcome",
     "ProgressListener",
     "TagPolicy",

@@ -34,6 +34,7 @@ from .mounts import MountStrategy
 from .options import CopyOptions
 from .plan import Plan, destination_reference, make_plan
 from .referrers import add_referrers
+from .refusals import MountRefusals
 from .report import CopyReport, MountPolicy, Outcome
 from .verify import verify_image
 
@@ -44,11 +45,18 @@ MEMORY_BLOBS = 64
 
 
 class Copier:
-    """Copies images; holds what outlives one copy (the pool and the blob-location index)."""
+    """Copies images; holds what outlives one copy (the pool, the blob-location index and
+    the registries that recently refused mounts)."""
 
-    def __init__(self, pool: RegistryPool, locations: BlobLocations | None = None) -> None:
+    def __init__(
+        self,
+        pool: RegistryPool,
+        locations: BlobLocations | None = None,
+        refusals: MountRefusals | None = None,
+    ) -> None:
         self.pool = pool
         self.locations = locations if locations is not None else BlobLocations()
+        self.refusals = refusals if refusals is not None else MountRefusals()
 
     async def copy(
         self,
@@ -84,6 +92,9 @@ class Copier:
             mount_from=options.mount_from,
             locations=self.locations,
             partition=options.partition,
+            # A dry run asks for no mount: it neither learns nor is kept from asking.
+            refusals=None if options.dry_run else self.refusals,
+            credential=session.credentials.get(dst.registry).cache_key.fingerprint,
         )
         report.mount_policy = (
             MountPolicy.DISABLED
@@ -153,7 +164,10 @@ class Copier:
                 limits=limits,
                 progress=options.progress,
             )
-        await Executor(plan, target, mounts, report, options.progress).run()
+        try:
+            await Executor(plan, target, mounts, report, options.progress).run()
+        finally:
+            report.mounts_skipped = mounts.skipped
         report.outcome = Outcome.COPIED
         if not options.dry_run:
             report.tags = list(plan.tags)

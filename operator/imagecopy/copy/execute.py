@@ -260,8 +260,13 @@ class Executor:
     async def _copy_blob(self, desc: Descriptor) -> None:
         if self.progress is not None:
             self.progress.blob_started(desc)
-        placement = await self.destination.ensure_blob(desc, self.mounts.route(desc.digest))
-        self.mounts.learn(placement)
+        route, probe = await self.mounts.next_route(desc.digest)
+        try:
+            placement = await self.destination.ensure_blob(desc, route)
+            self.mounts.learn(placement)
+        finally:
+            if probe:
+                self.mounts.settle()
         self.report.count_blob(desc.size, placement.outcome)
         self.report.count_mounts(placement)
         if self.progress is not None:

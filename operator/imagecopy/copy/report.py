@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from ..oci.blobs import BlobOutcome, BlobPlacement
+from .refusals import RememberedRefusal
 from .verify import Verification
 
 __all__ = ["TOKEN_REFUSED_REASON", "CopyReport", "MountPolicy", "Outcome", "human_bytes"]
@@ -70,6 +71,8 @@ class CopyReport:
     #: (0: no answer came), counted per status.
     mounts_attempted: int = 0
     mounts_declined: dict[int, int] = field(default_factory=dict)
+    #: The registry's recent refusal that kept this copy from asking for mounts at all.
+    mounts_skipped: RememberedRefusal | None = None
     #: Mount candidates dropped unasked: the token service refused pull access to them.
     mounts_token_refused: int = 0
     #: The verification gate's verdict (``verify`` asked); None when not asked.
@@ -126,6 +129,8 @@ class CopyReport:
             return "; ".join(said)
         if self.blobs_uploaded == 0:
             return None
+        if self.mounts_skipped is not None:
+            return self.mounts_skipped.sentence()
         if self.mount_policy is MountPolicy.DISABLED:
             return "mounting is disabled for this copy"
         if self.mount_policy is MountPolicy.ACROSS_REGISTRIES:

@@ -721,7 +721,8 @@ class RepositoryClient:
                 },
                 content=piece,
             )
-            if response.status_code != 202 or not response.headers.get("Location"):
+            # 202 is the spec's answer; Amazon ECR answers 201 (with the same Location).
+            if response.status_code not in (201, 202) or not response.headers.get("Location"):
                 raise self.fail(
                     response,
                     "upload blob chunk",

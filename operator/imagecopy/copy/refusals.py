@@ -1,0 +1,114 @@
+"""Registries that recently refused our mounts, remembered process-wide for a while.
+
+A registry that will not mount for a credential (401/403/405 or another refusal) answers the
+same way to the next blob and the next copy: asking again costs one request per blob and per
+copy for nothing. A 202 for a blob the source repository is known to hold is noted too (status
+202): on one registry the copies that follow HEAD each blob before its mount, whose 202 then
+opens the upload's session (no request wasted, a mount never missed). The
+memory is keyed by destination registry and credential (its keyed fingerprint, never the
+secret), so another tenant's credential is still asked. Across registries, a refused
+candidate (``from`` repository) is remembered on its own: the others are still tried.
+
+An entry lasts ``ttl`` seconds (``IMAGECOPY_MOUNT_REFUSAL_TTL``), after which one mount is
+asked again; at most ``limit`` entries are held (the oldest go first). ``ttl`` 0 turns the
+memory off.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+__all__ = ["DEFAULT_TTL", "MountRefusals", "RememberedRefusal"]
+
+#: Seconds a refusal is remembered by default (``IMAGECOPY_MOUNT_REFUSAL_TTL``).
+DEFAULT_TTL = 600.0
+#: Entries held at most.
+DEFAULT_LIMIT = 4096
+
+_Key = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class RememberedRefusal:
+    """A refusal on record: the status the registry answered, and until when it is believed."""
+
+    status: int
+    #: Monotonic deadline (what expiry compares with).
+    expires: float
+    #: The same deadline as a UTC time (what the user reads).
+    until: datetime
+
+    @property
+    def until_text(self) -> str:
+        return self.until.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def sentence(self) -> str:
+        """``mount.reason`` when mounts were skipped because of this entry."""
+        return (
+            f"registry refused cross-repository mounts recently ({self.status}); "
+            f"not asked again until {self.until_text}"
+        )
+
+
+class MountRefusals:
+    """Bounded, expiring memory of mount refusals per (registry, credential[, source])."""
+
+    def __init__(
+        self,
+        ttl: float = DEFAULT_TTL,
+        *,
+        limit: int = DEFAULT_LIMIT,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.ttl = max(0.0, ttl)
+        self.limit = max(1, limit)
+        self._clock = clock
+        self._now = now
+        self._entries: OrderedDict[_Key, RememberedRefusal] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def registry(self, registry: str, credential: str) -> RememberedRefusal | None:
+        """The registry-wide refusal on record for this credential, if it still holds."""
+        return self._get((registry, credential, ""))
+
+    def source(self, registry: str, credential: str, source: str) -> RememberedRefusal | None:
+        """The refusal on record for mounts from ``source`` (a repository path)."""
+        return self._get((registry, credential, source))
+
+    def remember_registry(self, registry: str, credential: str, status: int) -> None:
+        self._put((registry, credential, ""), status)
+
+    def remember_source(self, registry: str, credential: str, source: str, status: int) -> None:
+        if source:
+            self._put((registry, credential, source), status)
+
+    def _get(self, key: _Key) -> RememberedRefusal | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires <= self._clock():
+            del self._entries[key]
+            return None
+        return entry
+
+    def _put(self, key: _Key, status: int) -> None:
+        if self.ttl <= 0:
+            return
+        existing = self._get(key)
+        if existing is not None and (existing.status != 202 or status == 202):
+            return  # the first refusal of the period sets its end (a refusal outranks a 202)
+        entry = RememberedRefusal(
+            status=status,
+            expires=self._clock() + self.ttl,
+            until=self._now() + timedelta(seconds=self.ttl),
+        )
+        self._entries[key] = entry
+        while len(self._entries) > self.limit:
+            self._entries.popitem(last=False)
