@@ -192,6 +192,13 @@ class ImageCopyService:
             return
         state.wake.set()
 
+    def wants_look(self, uid: str, generation: int) -> bool:
+        """Whether ``request`` for ``generation`` would wake the loop of object ``uid``: it
+        has a loop and has not started on that generation yet. Cheap: it runs for every watch
+        event of a changed object."""
+        state = self._objects.get(uid)
+        return state is not None and generation > state.started_generation
+
     async def run(
         self, ref: ObjectRef, body: Mapping[str, Any], stopped: Awaitable[Any], logger: Logger
     ) -> None:
