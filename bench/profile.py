@@ -22,6 +22,9 @@ _WAITING = (
     "EpollSelector.select (selectors.py)",
     "Condition.wait (threading.py)",
 )
+#: Packages of the frames every stack starts with (the event loop, the thread pool, the CLI):
+#: left out of the inclusive list, which would otherwise open with them.
+_TRUNK = ("click", "threading", "asyncio", "concurrent", "runpy", "<module>", "kopf/cli.py")
 
 
 def _frame(text: str) -> tuple[str, str]:
@@ -77,7 +80,14 @@ def summarize(raw: str, top: int = 15) -> str:
     ]
     lines += [f"- {pct(c)} `{p}`" for p, c in packages.most_common(12)]
     lines += ["", "On the stack (inclusive):", ""]
-    lines += [f"- {pct(c)} `{n}`" for n, c in inclusive.most_common(top * 2)]
+    branches = [
+        (n, c)
+        for n, c in inclusive.most_common()
+        if not n.split(" (", 1)[-1].startswith(_TRUNK)
+        and not n.startswith(("<module>", "main (imagecopy/cli.py", "run_operator ("))
+        and "kopf/_core/reactor/running.py" not in n
+    ]
+    lines += [f"- {pct(c)} `{n}`" for n, c in branches[: top * 2]]
     lines += ["", "At the top of the stack (self):", ""]
     lines += [f"- {pct(c)} `{n}`" for n, c in own.most_common(top)]
     return "\n".join(lines)

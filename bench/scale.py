@@ -24,9 +24,9 @@ ServiceAccount; the operator watches those namespaces only, logs at the chart's 
    answers, requests, and objects seen not Ready.
 
 Operator CPU is user + system time from ``/proc/<pid>/stat``; peak RSS is ``VmHWM``.
-``--profile`` samples the operator with ``py-spy`` (``pip install py-spy``; all threads,
-idle frames left out) from the apply's start until all are Ready, and reports the functions
-with the most samples, on the stack and at its top (``bench/profile.py``).
+``--profile`` samples the operator with ``py-spy`` (``pip install py-spy``; only the thread
+holding the GIL, waits left out) from the apply's start until all are Ready, and reports the
+functions with the most samples, on the stack and at its top (``bench/profile.py``).
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def run_size(
                 spy = subprocess.Popen(
                     [
                         str(Path(sys.executable).parent / "py-spy"),
-                        *("record", "--pid", str(pid), "--format", "raw", "--threads"),
+                        *("record", "--pid", str(pid), "--format", "raw", "--gil"),
                         *("--rate", "200", "--output", str(profile_raw)),
                     ],
                     stdout=subprocess.DEVNULL,

@@ -295,14 +295,22 @@ class ImageCopyService:
         )
 
     async def _copy_marked(self, attempt: _Attempt, spec: ImageCopySpec) -> CopyReport:
-        """The copy; a new generation's status says ``Copying`` once it has taken
-        ``copying_grace`` seconds (waiting for a slot included)."""
+        """The copy; a new generation's status says ``Copying`` once it has held a copy slot
+        for ``copying_grace`` seconds. Waiting for the slot writes nothing: in a burst of new
+        objects most wait, and their status would be written twice (issue 15)."""
+        slot_taken = asyncio.Event()
         copy = asyncio.ensure_future(
-            self._copy(attempt.ref, spec, attempt.status, attempt.write_progress)
+            self._copy(attempt.ref, spec, attempt.status, attempt.write_progress, slot_taken)
         )
         try:
             if attempt.needs_copying_mark():
-                await asyncio.wait({copy}, timeout=self.copying_grace)
+                slot = asyncio.ensure_future(slot_taken.wait())
+                try:
+                    await asyncio.wait({copy, slot}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    slot.cancel()
+                if not copy.done():
+                    await asyncio.wait({copy}, timeout=self.copying_grace)
                 if not copy.done():
                     await attempt.started(spec)
             return await copy
@@ -317,12 +325,14 @@ class ImageCopyService:
         spec: ImageCopySpec,
         status: Mapping[str, Any],
         write_progress: Callable[[Mapping[str, Any]], Awaitable[None]],
+        slot_taken: asyncio.Event,
     ) -> CopyReport:
         credentials = await resolve_credentials(self.secrets, ref.namespace, spec)
         policy = None
         if spec.verify is not None:
             policy = await verify_policy(self.secrets, ref.namespace, spec.verify, status)
         async with self._copy_slots.slot(ref.namespace):
+            slot_taken.set()
             # The clocks start with the slot: waiting for one is not the copy's fault.
             watchdog = CopyWatchdog(self.settings.copy_timeout, self.settings.stall_timeout)
             progress = CopyProgress(watchdog)
