@@ -13,7 +13,7 @@ ServiceAccount; the operator watches those namespaces only, logs at the chart's 
 1. bulk apply: one ``kubectl apply --server-side`` of N objects, each a same-registry copy of
    one 4-blob image into its own repository (every blob mounted), ``interval`` set; the
    operator's API requests from the apply's start until all are Ready are counted by kind;
-2. all Ready: the operator's ``imagecopy_objects{condition="Ready"}`` gauge polled twice a
+2. all Ready: the operator's ``imagecopy_objects{condition="Ready"}`` gauge polled once a
    second, then confirmed by a list of the objects (a list of 3,000 objects every second
    would cost the shared API server more than the operator);
 3. quiet: after a settle pause, one window of ``interval`` + 10 s in which every object is
@@ -209,7 +209,7 @@ def run_size(
             t0 = time.monotonic()
             plane.kubectl("apply", "--server-side", "-f", str(manifest), timeout=1200)
             t_applied = time.monotonic()
-            wait_until(lambda: gauge_ready(operator) >= n, 1800, period=0.5)
+            wait_until(lambda: gauge_ready(operator) >= n, 1800, period=1.0)
             t_ready = time.monotonic()
             cpu1 = cpu_seconds(pid)
             if spy is not None:
@@ -371,22 +371,27 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(json.dumps(result), file=sys.stderr, flush=True)
                 results.append(result)
+                # Written after every run, so a long run's first results are kept.
+                write_report(results, args.out, _meta(args.interval, load_before, workdir))
         finally:
             registry.stop()
-    meta = {
+    write_report(results, args.out, _meta(args.interval, load_before, workdir))
+    print(f"wrote {args.out / 'scale.md'}; operator logs in {workdir}", file=sys.stderr)
+    return 0
+
+
+def _meta(interval: int, load_before: float, workdir: Path) -> dict[str, Any]:
+    return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        "interval": args.interval,
+        "interval": interval,
         "load": f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after",
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
         ).stdout.strip(),
         "logs": str(workdir),
     }
-    write_report(results, args.out, meta)
-    print(f"wrote {args.out / 'scale.md'}; operator logs in {workdir}", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":
