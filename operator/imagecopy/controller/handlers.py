@@ -162,7 +162,7 @@ def _spec_changed_filter(
     if type != "MODIFIED" or service is None:
         return False
     generation = meta.get("generation")
-    observed = (status or {}).get("observedGeneration")
+    observed = status.get("observedGeneration") if status else None
     if not isinstance(generation, int):
         return False
     if isinstance(observed, int) and generation <= observed:
