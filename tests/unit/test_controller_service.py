@@ -333,7 +333,7 @@ async def test_run_wakes_on_request_and_stops_on_signal() -> None:
     body["metadata"]["generation"] = 2
     service.request(REF)
     for _ in range(100):
-        if copier.calls == 2:
+        if body["status"]["observedGeneration"] == 2:
             break
         await asyncio.sleep(0.01)
     assert copier.calls == 2
