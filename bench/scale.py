@@ -27,6 +27,8 @@ Operator CPU is user + system time from ``/proc/<pid>/stat``; peak RSS is ``VmHW
 ``--profile`` samples the operator with ``py-spy`` (``pip install py-spy``; only the thread
 holding the GIL, waits left out) from the apply's start until all are Ready, and reports the
 functions with the most samples, on the stack and at its top (``bench/profile.py``).
+``bench/scale-notes.md`` (the reading of a run, written by hand) is appended to the report;
+``--report-only`` rewrites the report from ``bench/scale.json`` after editing it.
 """
 
 from __future__ import annotations
@@ -224,6 +226,7 @@ def run_size(
                 ready_after_last_created_s=round(t_ready - t_applied, 1),
                 ready_per_s=round(n / (t_ready - t0), 1),
                 cpu_ms_per_copy=round(1000 * (cpu1 - cpu0) / n, 1),
+                bulk_cpu_share=round((cpu1 - cpu0) / (t_ready - t0), 2),
                 bulk_api_per_object=round(len(bulk) / n, 2),
                 bulk_api_kinds=count_kinds(bulk),
                 load_after_bulk=round(os.getloadavg()[0], 1),
@@ -285,6 +288,10 @@ def run_size(
 
 
 def write_report(results: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -> None:
+    for r in results:
+        if "bulk_cpu_share" not in r and r.get("ready_after_apply_start_s"):
+            busy = r["cpu_ms_per_copy"] * r["objects"] / 1000
+            r["bulk_cpu_share"] = round(busy / r["ready_after_apply_start_s"], 2)
     (out / "scale.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     rows = [
         ("operator CPU per copy (ms)", "cpu_ms_per_copy"),
@@ -298,6 +305,7 @@ def write_report(results: list[dict[str, Any]], out: Path, meta: dict[str, Any])
         ("all Ready after apply start (s)", "ready_after_apply_start_s"),
         ("all Ready after the last was created (s)", "ready_after_last_created_s"),
         ("objects Ready per s", "ready_per_s"),
+        ("operator CPU share of one core in the bulk phase", "bulk_cpu_share"),
         ("1-minute load average when all were Ready", "load_after_bulk"),
         ("peak RSS (MiB)", "peak_rss_mib"),
         ("RSS per object above the idle operator (KiB)", "rss_kib_per_object"),
@@ -332,6 +340,9 @@ def write_report(results: list[dict[str, Any]], out: Path, meta: dict[str, Any])
     for r in results:
         if "profile" in r:
             lines += ["", f"Profile of {r['run']} (py-spy, bulk phase):", "", r["profile"]]
+    notes = out / "scale-notes.md"
+    if notes.exists():
+        lines += ["", notes.read_text().rstrip()]
     (out / "scale.md").write_text("\n".join(lines) + "\n")
 
 
@@ -346,7 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy the bulk phase")
     parser.add_argument("--verbose", action="store_true", help="Kopf's debug-level logs")
     parser.add_argument("--out", type=Path, default=BENCH)
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite scale.md from scale.json (and scale-notes.md) without running",
+    )
     args = parser.parse_args(argv)
+    if args.report_only:
+        saved = json.loads((args.out / "scale.json").read_text())
+        write_report(saved["results"], args.out, saved["meta"])
+        return 0
     runs = parse_runs(args.runs)
     workdir = Path(tempfile.mkdtemp(prefix="imagecopy-scale-"))
     load_before = os.getloadavg()[0]
