@@ -51,8 +51,11 @@ class OperatorProcess:
         kopf_options: tuple[str, ...] = ("--standalone", "--all-namespaces"),
         log_path: Path | None = None,
         kubeconfig: Path | None = None,
+        verbose: bool = True,
     ) -> None:
         self.control_plane = control_plane
+        #: Kopf's ``--verbose`` (debug-level logs); the chart's default is info level.
+        self.verbose = verbose
         #: The control plane's admin kubeconfig unless another is given.
         self.kubeconfig = kubeconfig
         self.extra_env = {**TEST_ENV, **(env or {})}
@@ -90,7 +93,7 @@ class OperatorProcess:
             *([] if IMAGECOPY_BIN.exists() else ["-m", "imagecopy"]),
             "operator",
             *self.kopf_options,
-            "--verbose",
+            *(["--verbose"] if self.verbose else []),
             f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz",
             *self.args,
         ]

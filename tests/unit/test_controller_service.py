@@ -29,11 +29,15 @@ class FakeCopier:
     def __init__(self) -> None:
         self.results: list[CopyReport | Exception] = []
         self.calls = 0
+        #: Seconds each copy takes.
+        self.delay = 0.0
 
     async def copy(
         self, source: Any, destination: Any, options: Any = None, credentials: Any = None
     ) -> CopyReport:
         self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
         result = self.results.pop(0)
         if isinstance(result, Exception):
             raise result
@@ -108,17 +112,54 @@ def make(
     return service, copier, writer, events, body
 
 
-async def test_copy_writes_progress_then_ready_and_posts_copied() -> None:
+async def test_a_quick_copy_writes_one_status_patch_ready_and_posts_copied() -> None:
     service, copier, writer, events, body = make()
     copier.results = [report()]
     assert service.first_look(body) == 0
     assert await service.reconcile(REF, body, LOG) is None  # no interval: wait for a change
-    reconciling = find_condition(writer.patches[0], "Reconciling")
-    assert reconciling is not None and reconciling["status"] == "True"
+    # Done within the grace: no "Copying" patch before the result (issue 15).
+    assert len(writer.patches) == 1
+    assert find_condition(writer.patches[0], "Reconciling") == find_condition(
+        body["status"], "Reconciling"
+    )
+    reconciling = find_condition(body["status"], "Reconciling")
+    assert reconciling is not None and reconciling["status"] == "False"
     ready = find_condition(body["status"], "Ready")
     assert ready is not None and ready["status"] == "True" and ready["reason"] == "Copied"
     assert body["status"]["observedGeneration"] == 1
     assert events == [("Normal", "Copied")]
+
+
+async def test_a_copy_longer_than_the_grace_says_copying_first() -> None:
+    service, copier, writer, _events, body = make()
+    service.copying_grace = 0.05
+    copier.delay = 1.0
+    copier.results = [report()]
+    assert await service.reconcile(REF, body, LOG) is None
+    assert len(writer.patches) == 2
+    reconciling = find_condition(writer.patches[0], "Reconciling")
+    assert reconciling is not None and reconciling["status"] == "True"
+    assert reconciling["reason"] == "Copying"
+    ready = find_condition(body["status"], "Ready")
+    assert ready is not None and ready["status"] == "True" and ready["reason"] == "Copied"
+
+
+async def test_a_cancelled_reconcile_cancels_its_copy() -> None:
+    service, copier, _writer, _events, body = make()
+    copier.delay = 30.0
+    copier.results = [report()]
+    task = asyncio.ensure_future(service.reconcile(REF, body, LOG))
+    while copier.calls == 0:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    else:
+        raise AssertionError("the reconcile was not cancelled")
+    assert copier.results  # the copy never finished
+    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
 
 
 async def test_interval_check_is_cheap_and_quiet_when_nothing_moved() -> None:
@@ -292,7 +333,7 @@ async def test_run_wakes_on_request_and_stops_on_signal() -> None:
     body["metadata"]["generation"] = 2
     service.request(REF)
     for _ in range(100):
-        if copier.calls == 2:
+        if body["status"]["observedGeneration"] == 2:
             break
         await asyncio.sleep(0.01)
     assert copier.calls == 2

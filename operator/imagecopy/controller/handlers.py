@@ -1,8 +1,15 @@
 """Kopf handlers for ``imagecopies.imagecopy.dev``; ``kopf run -m imagecopy.controller.handlers``.
 
 Thin on purpose: process-wide clients are built at start-up and kept in ``memo``; every
-object gets one daemon that runs the service's reconcile loop; creation and spec updates only
-wake that loop.
+object gets one daemon that runs the service's reconcile loop. A new object needs nothing
+else (its daemon looks at once). A spec change wakes that loop through a raw-event handler
+whose filter lets only a generation the loop has not started on through (``spec_changed``).
+
+No create, update or resume handler on purpose (issue 15): Kopf's change handlers cost every
+new object a patch of its own (the ``last-handled-configuration`` diff base and progress
+annotations), the watch event that patch causes, and two ``Logging`` events ("Handler …
+succeeded", "Creation is processed …"); a raw-event handler stores nothing. The daemon still
+makes Kopf add its finalizer, so a deleted object's loop is stopped before it goes.
 
 One login: ``login`` is the only ``@kopf.on.login`` handler, so Kopf's own fallbacks
 (``login_via_client`` and friends) never run; the ``ConnectionInfo`` it returns is what Kopf
@@ -16,13 +23,14 @@ The blob memory (``memory``) is fed by an index handler from the objects Kopf li
 watches, so a restarted or newly active process remembers where blobs live.
 
 Resuming (operator start) needs no handler of its own: the daemon starts for every existing
-object and looks when its schedule says (``schedule.Schedule.first_look``). Status is written
-by the service through the ``/status`` subresource, which never triggers the update handler
-(it watches ``spec`` only).
+object and looks when its schedule says (``schedule.Schedule.first_look``), a spec changed
+while the operator was down included. Status is written by the service through the
+``/status`` subresource; its watch events do not change the generation, so they never pass
+the spec-change filter.
 
-Kopf keeps its bookkeeping in annotations (``imagecopy.dev/…``), not in ``status``: the CRD
-schema would prune ``status.kopf``, and the status belongs to the contract
-(docs/reference.md §1, "Bookkeeping on the object").
+Kopf's storages are still pointed at annotations (``imagecopy.dev/…``), not ``status`` (the
+CRD schema would prune ``status.kopf``): with no change handler Kopf writes none, but an
+object handled by an older version keeps them (docs/reference.md §1, "Bookkeeping").
 """
 
 from __future__ import annotations
@@ -165,14 +173,25 @@ def blob_memory(memo: Any, body: kopf.Body, **_: Any) -> None:
     memo.memory.observe(body)
 
 
-@kopf.on.create(GROUP, VERSION, PLURAL)
-def created(
-    memo: Any, namespace: str | None, name: str, uid: str, meta: kopf.Meta, **_: Any
-) -> None:
-    memo.service.request(ObjectRef(namespace or "", name, uid), meta.get("generation"))
+def _spec_changed_filter(
+    memo: Any, uid: str, meta: kopf.Meta, status: kopf.Status, type: str | None, **_: Any
+) -> bool:
+    """Whether a watch event brings a generation the object's loop must look at: a change
+    event (not the initial listing, which the daemon's first look covers) whose generation
+    the loop has not started on and the status has not observed."""
+    service = memo.get("service")
+    if type != "MODIFIED" or service is None:
+        return False
+    generation = meta.get("generation")
+    observed = status.get("observedGeneration") if status else None
+    if not isinstance(generation, int):
+        return False
+    if isinstance(observed, int) and generation <= observed:
+        return False
+    return bool(service.wants_look(uid, generation))
 
 
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+@kopf.on.event(GROUP, VERSION, PLURAL, when=_spec_changed_filter)
 def spec_changed(
     memo: Any, namespace: str | None, name: str, uid: str, meta: kopf.Meta, **_: Any
 ) -> None:

@@ -70,6 +70,11 @@ Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 log = logging.getLogger("imagecopy.controller")
 
+#: Seconds a new generation's copy may take before its status says ``Copying``: a copy done
+#: sooner writes one status patch, its result, instead of two (issue 15: each patch is a watch
+#: event Kopf processes, and API server work).
+COPYING_GRACE = 2.0
+
 
 @dataclass(frozen=True)
 class ObjectRef:
@@ -149,8 +154,10 @@ class ImageCopyService:
         settings: Settings,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
+        copying_grace: float = COPYING_GRACE,
     ) -> None:
         self.copier = copier
+        self.copying_grace = copying_grace
         self.secrets = secrets
         self.status_writer = status_writer
         self.events = events
@@ -195,6 +202,13 @@ class ImageCopyService:
         if generation is not None and generation <= state.started_generation:
             return
         state.wake.set()
+
+    def wants_look(self, uid: str, generation: int) -> bool:
+        """Whether ``request`` for ``generation`` would wake the loop of object ``uid``: it
+        has a loop and has not started on that generation yet. Cheap: it runs for every watch
+        event of a changed object."""
+        state = self._objects.get(uid)
+        return state is not None and generation > state.started_generation
 
     async def run(
         self, ref: ObjectRef, body: Mapping[str, Any], stopped: Awaitable[Any], logger: Logger
@@ -258,8 +272,7 @@ class ImageCopyService:
         try:
             self._check_allowed(spec)
             self._name_registries(attempt.state, spec)
-            await attempt.started(spec)
-            report = await self._copy(ref, spec, attempt.status, attempt.write_progress)
+            report = await self._copy_marked(attempt, spec)
         except Exception as exc:
             if not isinstance(exc, ImageCopyError):
                 logger.error("reconcile failed with an internal error", exc_info=exc)
@@ -285,18 +298,45 @@ class ImageCopyService:
             was_ready=is_ready_for(status, generation),
         )
 
+    async def _copy_marked(self, attempt: _Attempt, spec: ImageCopySpec) -> CopyReport:
+        """The copy; a new generation's status says ``Copying`` once it has held a copy slot
+        for ``copying_grace`` seconds. Waiting for the slot writes nothing: in a burst of new
+        objects most wait, and their status would be written twice (issue 15)."""
+        slot_taken = asyncio.Event()
+        copy = asyncio.ensure_future(
+            self._copy(attempt.ref, spec, attempt.status, attempt.write_progress, slot_taken)
+        )
+        try:
+            if attempt.needs_copying_mark():
+                slot = asyncio.ensure_future(slot_taken.wait())
+                try:
+                    await asyncio.wait({copy, slot}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    slot.cancel()
+                if not copy.done():
+                    await asyncio.wait({copy}, timeout=self.copying_grace)
+                if not copy.done():
+                    await attempt.started(spec)
+            return await copy
+        finally:
+            if not copy.done():
+                copy.cancel()
+                await asyncio.wait({copy})
+
     async def _copy(
         self,
         ref: ObjectRef,
         spec: ImageCopySpec,
         status: Mapping[str, Any],
         write_progress: Callable[[Mapping[str, Any]], Awaitable[None]],
+        slot_taken: asyncio.Event,
     ) -> CopyReport:
         credentials = await resolve_credentials(self.secrets, ref.namespace, spec)
         policy = None
         if spec.verify is not None:
             policy = await verify_policy(self.secrets, ref.namespace, spec.verify, status)
         async with self._copy_slots.slot(ref.namespace):
+            slot_taken.set()
             # The clocks start with the slot: waiting for one is not the copy's fault.
             watchdog = CopyWatchdog(self.settings.copy_timeout, self.settings.stall_timeout)
             progress = CopyProgress(watchdog)
@@ -397,11 +437,15 @@ class _Attempt:
     #: Ready for this generation before the attempt began.
     was_ready: bool
 
-    async def started(self, spec: ImageCopySpec) -> None:
-        """Mark a new generation's first look as in progress (Reconciling, reason Copying);
-        a re-check or a retry changes the conditions only when it ends."""
+    def needs_copying_mark(self) -> bool:
+        """Whether this is a new generation's first look, which ``started`` marks; a re-check
+        or a retry changes the conditions only when it ends."""
         ready = find_condition(self.status, READY)
-        if is_current(self.status, self.generation) and ready is not None:
+        return not (is_current(self.status, self.generation) and ready is not None)
+
+    async def started(self, spec: ImageCopySpec) -> None:
+        """Mark a new generation's first look as in progress (Reconciling, reason Copying)."""
+        if not self.needs_copying_mark():
             return
         message = f"Copying {spec.source} to {spec.destination}"
         await self._write(copying_patch(self.status, self.generation, self._now(), message))
