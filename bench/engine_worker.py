@@ -61,7 +61,8 @@ OPTIONS: dict[str, Any] = {}
 async def _one(copier: Copier, cmd: dict[str, Any]) -> dict[str, Any]:
     run_copier = copier
     if cmd.get("fresh_locations"):
-        run_copier = Copier(copier.pool, BlobLocations())
+        # Fresh blob locations, the process's registry memory kept (as in the operator).
+        run_copier = Copier(copier.pool, BlobLocations(), copier.refusals)
     src = Reference.parse(cmd["src"])
     dst = Reference.parse(cmd["dst"], default_tag=None)
     profile = cmd.get("profile")

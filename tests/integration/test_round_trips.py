@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from imagecopy.copy import CopyOptions, Outcome
+from imagecopy.copy.refusals import MountRefusals
 from imagecopy.oci.pool import TransportSettings
 from testkit import images
 from testkit.netproxy import NetProxy, RequestRecord
@@ -104,16 +105,34 @@ async def test_mounts_beyond_the_mount_limit_add_one_round_trip_per_wave(
 async def test_single_image_of_twenty_layers_takes_four_round_trips(
     registry_v2: RegistryServer, netproxy: NetProxy
 ) -> None:
-    """HEAD destination tag → GET manifest → 21 mounts in one wave → PUT manifest."""
+    """HEAD destination tag → GET manifest → 21 mounts in one wave → PUT manifest: once the
+    process knows the registry mounts for this credential. The first copy of a period sends
+    one mount alone first (the probe: a refusing registry then costs one refused request,
+    not 21), one round trip more."""
     src = images.push_image(registry_v2, repo("dev"), "v1", layers=20, layer_size=1024)
     proxy = netproxy(registry_v2.host, delay_ms=DELAY_MS)
     host = proxy.address
+    refusals = MountRefusals()
 
+    first = await copy(
+        f"{host}/{src.repo}:v1",
+        f"{host}/{repo('prod')}:v1",
+        settings=_settings(proxy),
+        refusals=refusals,
+    )
+    assert first.outcome is Outcome.COPIED and first.blobs_mounted == 21
+    assert len(proxy.stats.log) == first.requests == 21 + 3
+    assert critical_chain(proxy.stats.log) == 5, _dump(proxy.stats.log)
+
+    proxy.reset_stats()
     report = await copy(
-        f"{host}/{src.repo}:v1", f"{host}/{repo('prod')}:v1", settings=_settings(proxy)
+        f"{host}/{src.repo}:v1",
+        f"{host}/{repo('prod')}:v1",
+        settings=_settings(proxy),
+        refusals=refusals,
     )
 
-    assert report.outcome is Outcome.COPIED
+    assert report.outcome is Outcome.COPIED and report.blobs_mounted == 21
     assert len(proxy.stats.log) == report.requests == 21 + 3
     assert critical_chain(proxy.stats.log) == 4, _dump(proxy.stats.log)
 

@@ -170,3 +170,34 @@ def test_the_ttl_setting_is_parsed_strictly() -> None:
     for bad in ("soon", "0.5s", "48h", "-1m"):
         with pytest.raises(SettingsError, match="IMAGECOPY_MOUNT_REFUSAL_TTL"):
             Settings.from_env({"IMAGECOPY_MOUNT_REFUSAL_TTL": bad})
+
+
+async def test_once_a_registry_mounted_the_next_copies_skip_the_probe() -> None:
+    refusals, clock = memory(ttl=60)
+    first = strategy(refusals)
+    route, probe = await first.next_route(DIGEST)
+    assert probe  # nothing known yet: one mount alone first
+    first.learn(BlobPlacement(BlobOutcome.MOUNTED, (), ()))
+    first.settle()
+
+    second = strategy(refusals)
+    route, probe = await second.next_route(DIGEST)
+    assert not probe and route.mount_from == (SRC.repo,)  # the whole wave goes out at once
+    assert await asyncio.wait_for(strategy(refusals).next_route(DIGEST), 1) == (route, False)
+
+    other = strategy(refusals, credential="bob")  # another credential: probed afresh
+    assert (await other.next_route(DIGEST))[1]
+
+    clock.t += 61  # the period is over: probe again
+    assert (await strategy(refusals).next_route(DIGEST))[1]
+
+
+def test_a_refusal_ends_what_a_mount_taught() -> None:
+    refusals, _ = memory()
+    refusals.remember_mounted("r.example", "alice")
+    assert refusals.mounted("r.example", "alice")
+    refusals.remember_registry("r.example", "alice", 405)
+    assert not refusals.mounted("r.example", "alice")
+    off, _ = memory(ttl=0)
+    off.remember_mounted("r.example", "alice")
+    assert not off.mounted("r.example", "alice")

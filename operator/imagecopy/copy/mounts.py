@@ -12,6 +12,8 @@
   still asked, after a HEAD: its 202 opens the upload's session, so the mount costs nothing.
 - One probe first: until the first blob with mount candidates has its answer, the other
   blobs wait, so a refusing registry costs one refused mount, not one per blob in flight.
+  Once a registry mounted for the credential (``MountRefusals.mounted``), the copies that
+  follow in the period skip the probe: their mounts go out in one wave.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ class MountStrategy:
                 self.skipped = remembered
             elif remembered is not None:
                 self.heads_first = self.same_registry
+            elif refusals.mounted(self._registry, credential):
+                self._settled.set()  # mounts worked lately: no probe, the first wave goes out
         exclude = {self.destination.path}
         if self.same_registry:
             exclude.add(self.source.path)
@@ -142,6 +146,8 @@ class MountStrategy:
         # request line up with the first statuses of ``declined``. A candidate whose pull the
         # token service refused sent none: it is remembered on its own (the token request is
         # not made again), never as the registry's refusal.
+        if placement.outcome is BlobOutcome.MOUNTED and self._refusals is not None:
+            self._refusals.remember_mounted(self._registry, self._credential)
         statuses = iter(placement.declined)
         for source, refusal in placement.refusals:
             if refusal is MountRefusal.TOKEN_REFUSED:

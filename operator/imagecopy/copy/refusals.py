@@ -9,6 +9,10 @@ memory is keyed by destination registry and credential (its keyed fingerprint, n
 secret), so another tenant's credential is still asked. Across registries, a refused
 candidate (``from`` repository) is remembered on its own: the others are still tried.
 
+A registry that *did* mount for a credential is noted as well (``mounted``): the copies that
+follow send their mounts at once instead of one probe first (``copy.mounts``), so only the
+first copy per registry, credential and period pays the probe's round trip.
+
 An entry lasts ``ttl`` seconds (``IMAGECOPY_MOUNT_REFUSAL_TTL``), after which one mount is
 asked again; at most ``limit`` entries are held (the oldest go first). ``ttl`` 0 turns the
 memory off.
@@ -70,6 +74,8 @@ class MountRefusals:
         self._clock = clock
         self._now = now
         self._entries: OrderedDict[_Key, RememberedRefusal] = OrderedDict()
+        #: (registry, credential) → monotonic deadline: mounts worked recently.
+        self._mounted: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -83,7 +89,28 @@ class MountRefusals:
         return self._get((registry, credential, source))
 
     def remember_registry(self, registry: str, credential: str, status: int) -> None:
+        self._mounted.pop((registry, credential), None)
         self._put((registry, credential, ""), status)
+
+    def mounted(self, registry: str, credential: str) -> bool:
+        """Whether the registry linked a blob with a mount for this credential this period."""
+        key = (registry, credential)
+        expires = self._mounted.get(key)
+        if expires is None:
+            return False
+        if expires <= self._clock():
+            del self._mounted[key]
+            return False
+        return True
+
+    def remember_mounted(self, registry: str, credential: str) -> None:
+        if self.ttl <= 0:
+            return
+        key = (registry, credential)
+        self._mounted[key] = self._clock() + self.ttl
+        self._mounted.move_to_end(key)
+        while len(self._mounted) > self.limit:
+            self._mounted.popitem(last=False)
 
     def remember_source(self, registry: str, credential: str, source: str, status: int) -> None:
         if source:
