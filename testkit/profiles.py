@@ -16,7 +16,10 @@ repository really holds — never canned bytes. The facts each profile emulates 
     ghcr         mount from a package without access → 403; the referrers endpoint answers
                  303 to a second path of the front (same origin), GHCR's rate-limited API:
                  404 while its budget (``ghcr_api_budget`` requests) lasts, then 429 with
-                 ``Retry-After``; ``ghcr_redirect=False``: the endpoint *is* that API
+                 ``Retry-After``; ``ghcr_redirect=False``: the endpoint *is* that API;
+                 ``ghcr_blob_cdn=True``: a blob GET the caller may make is answered 307 to a
+                 second server of the front (another origin, GHCR's package CDN) serving the
+                 bytes, which records whether credentials reached it (``cdn_records``)
     ecr          mounting off → every mount 202 (a plain session); on → only a blob some
                  manifest of the ``from`` repository references is mounted, else 202; a
                  chunk (PATCH) is answered 201 instead of 202; referrers API
@@ -204,7 +207,12 @@ class ProfileFront:
     quay_mount_ttl: float = 60.0
     #: Seconds the front holds every manifest PUT before handling it (a slow client).
     manifest_put_delay: float = 0.0
+    #: GHCR: blob GETs are redirected to the front's CDN (another origin).
+    ghcr_blob_cdn: bool = False
+    #: (path, carried ``Authorization``) of every request the CDN answered.
+    cdn_records: list[tuple[str, bool]] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
+    _cdn: ThreadingHTTPServer | None = None
     _ghcr_api_used: int = 0
     #: Quay: (repository, digest) → when it was mounted, until a manifest references it.
     _mounted: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -296,9 +304,27 @@ class ProfileFront:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        if self.ghcr_blob_cdn:
+
+            class Cdn(_CdnHandler):
+                owner = front
+
+            self._cdn = ThreadingHTTPServer(("127.0.0.1", 0), Cdn)
+            self._cdn.daemon_threads = True
+            threading.Thread(target=self._cdn.serve_forever, daemon=True).start()
         return self
 
+    @property
+    def cdn_host(self) -> str:
+        """The CDN's ``host:port`` (``ghcr_blob_cdn``): another origin than ``host``."""
+        assert self._cdn is not None
+        return f"127.0.0.1:{self._cdn.server_address[1]}"
+
     def stop(self) -> None:
+        if self._cdn is not None:
+            self._cdn.shutdown()
+            self._cdn.server_close()
+            self._cdn = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -401,6 +427,14 @@ class ProfileFront:
                 if refused is not None:
                     return refused
         blob_read = parts is not None and parts[1] == "blobs" and method in ("GET", "HEAD")
+        cdn = self._cdn is not None and blob_read and method == "GET"
+        if p == "ghcr" and cdn and parts and parts[2].startswith("sha256:"):
+            # The caller's own credentials decide (a HEAD upstream); the bytes come from the CDN.
+            probe = self.forward("HEAD", path, {}, headers, b"")
+            if probe.status != 200:
+                return probe
+            location = f"http://{self.cdn_host}{path}?token=signed"
+            return _Answer(307, [("Location", location)], b"", emulated=True)
         if p == "quay" and blob_read and parts and self._quay_forgotten(parts[0], parts[2]):
             return _error(404, "BLOB_UNKNOWN", "blob unknown to registry")
         mount = method == "POST" and path.endswith("/blobs/uploads/") and "mount" in query
@@ -598,6 +632,34 @@ def _blob_digests(body: bytes) -> list[str]:
         return []
     descs = [m.get("config"), *(m.get("layers") or [])]
     return [d["digest"] for d in descs if isinstance(d, dict) and isinstance(d.get("digest"), str)]
+
+
+class _CdnHandler(BaseHTTPRequestHandler):
+    """GHCR's package CDN: serves a blob named by a signed URL, with no registry auth."""
+
+    owner: ProfileFront
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        front = self.owner
+        path = urlsplit(self.path).path
+        with front._lock:
+            front.cdn_records.append((path, "Authorization" in self.headers))
+        parts = _repo_of(path)
+        status, body = 404, b""
+        if parts is not None and parts[1] == "blobs":
+            admin = [("Host", front.upstream.host)]
+            admin += front.upstream.admin_headers(parts[0], ("pull",)).items()
+            answer = front.forward("GET", path, {}, admin, b"")
+            status, body = answer.status, answer.body
+        self.send_response_only(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -30,12 +30,13 @@ from imagecopy.copy import CopyOptions, CopyReport
 from imagecopy.copy.locations import BlobLocations
 from imagecopy.copy.refusals import MountRefusals
 from imagecopy.oci.errors import PushRejected, RateLimited
+from imagecopy.oci.pool import TransportSettings
 from testkit import images
 from testkit.peers import crane_digest
 from testkit.profiles import GHCR_API, PROFILES, ProfileFront
 from testkit.registry import RegistryServer
 from testkit.token_issuer import TokenIssuer
-from tests.integration.copyhelpers import copy
+from tests.integration.copyhelpers import copy, credentials_for, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -547,6 +548,37 @@ async def test_ghcr_a_429_on_the_referrers_endpoint_is_rate_limited_not_no_api(
         assert failure_for(limited.value).reason == "RateLimited"
         # The listing comes before any write: nothing was pushed to the destination.
         assert not [e for e in log if e.method in ("PUT", "POST", "PATCH")]
+
+
+async def test_ghcr_blob_redirects_to_another_origin_carry_no_credentials(
+    registry_v2: RegistryServer,
+) -> None:
+    """GHCR answers a blob GET with a redirect to its package CDN, another origin: imagecopy
+    follows it (blob reads follow redirects) and sends the registry's credentials only to the
+    registry — the CDN sees none (docs/reference.md §9)."""
+    with (
+        RegistryServer(impl="v3", auth="basic") as up,
+        ProfileFront("ghcr", up, ghcr_blob_cdn=True) as ghcr,
+    ):
+        src = images.push_image(ghcr, f"ns{uuid.uuid4().hex[:8]}/dev", "1", layers=2)
+        dst = f"{registry_v2.host}/{uuid.uuid4().hex[:8]}/mirror:1"
+        base = settings_for(ghcr, registry_v2)
+        settings = TransportSettings(plain_http=base.plain_http | {ghcr.cdn_host}, retry=base.retry)
+        mark = ghcr.mark()
+        report = await copy(
+            src.ref, dst, ghcr, registry_v2, settings=settings, credentials=credentials_for(ghcr)
+        )
+        assert report.blobs_uploaded == 3
+        assert crane_digest(registry_v2, dst) == src.digest
+        redirected = [
+            e
+            for e in ghcr.access_log_since(mark)
+            if e.method == "GET" and "/blobs/sha256:" in e.path
+        ]
+        assert [(e.status, e.authorized) for e in redirected] == [(307, True)] * 3
+        digests = {b["digest"] for b in src.blobs}
+        assert {p.rsplit("/", 1)[1] for p, _ in ghcr.cdn_records} == digests
+        assert [auth for _, auth in ghcr.cdn_records] == [False] * 3
 
 
 # -- Quay: a mounted blob no manifest references expires ---------------------------------
