@@ -620,7 +620,7 @@ async def test_quay_a_manifest_pushed_after_its_mounts_expired_fails_and_tags_no
 ) -> None:
     """The front holds the manifest PUT longer than the mounts live: Quay refuses it with
     ``MANIFEST_BLOB_UNKNOWN``, the copy fails as ``PushRejected`` in one sentence naming
-    it, and no tag points at a manifest with missing blobs. The retry re-mounts and lands."""
+    it, and no tag points at a manifest with missing blobs. The retry mounts again and lands."""
     with ProfileFront("quay", upstream, quay_mount_ttl=0.2, manifest_put_delay=0.5) as quay:
         ns = f"ns{uuid.uuid4().hex[:8]}"
         src = images.push_image(quay, f"{ns}/dev", "1", layers=2)
@@ -642,7 +642,8 @@ async def test_quay_a_manifest_pushed_after_its_mounts_expired_fails_and_tags_no
             assert c.head(f"/v2/{ns}/prod/manifests/1").status_code == 404
             tags = c.get(f"/v2/{ns}/prod/tags/list")
             assert tags.status_code == 404 or not (tags.json().get("tags") or [])
-        # A retry in time: the forgotten blobs are looked for, missing, and mounted again.
+        # A retry in time: a same-registry copy mounts first (no HEAD), so the forgotten
+        # blobs are mounted again, fresh, and the manifest push follows within the TTL.
         quay.manifest_put_delay = 0.0
         quay.quay_mount_ttl = 30.0
         mark = quay.mark()
