@@ -651,3 +651,23 @@ async def test_quay_a_manifest_pushed_after_its_mounts_expired_fails_and_tags_no
         assert report.blobs_mounted == 3
         assert [e.status for e in quay.access_log_since(mark) if e.is_mount] == [201] * 3
         assert crane_digest(quay, dst) == src.digest
+
+
+async def test_quay_an_index_whose_children_are_refused_is_never_tagged(
+    upstream: RegistryServer,
+) -> None:
+    """An index's children are pushed (by digest) before the index at its tag: a child
+    Quay refuses for its expired mounts stops the copy before any tag is written."""
+    with ProfileFront("quay", upstream, quay_mount_ttl=0.2, manifest_put_delay=0.5) as quay:
+        ns = f"ns{uuid.uuid4().hex[:8]}"
+        src = images.push_index(quay, f"{ns}/dev", "1", platforms=("linux/amd64", "linux/arm64"))
+        mark = quay.mark()
+        with pytest.raises(PushRejected) as rejected:
+            await copy(src.ref, f"{quay.host}/{ns}/prod:1", quay)
+        assert "MANIFEST_BLOB_UNKNOWN" in str(rejected.value)
+        log = quay.access_log_since(mark)
+        puts = [e for e in log if e.method == "PUT" and "/manifests/" in e.path]
+        assert puts and all(e.status == 400 for e in puts)
+        assert all("/manifests/sha256:" in e.path for e in puts)  # children only, by digest
+        with quay.upstream.client(headers=quay.upstream.admin_headers(f"{ns}/prod")) as c:
+            assert c.head(f"/v2/{ns}/prod/manifests/1").status_code == 404
