@@ -13,13 +13,22 @@ repository really holds — never canned bytes. The facts each profile emulates 
                  manifest answers, only GETs counted (HEAD is free)
     harbor       mount from an unpullable or missing project → 401; missing blob → 202
                  (distribution's own answer); referrers API
-    ghcr         mount from a package without access → 403; referrers API → 404
+    ghcr         mount from a package without access → 403; the referrers endpoint answers
+                 303 to a second path of the front (same origin), GHCR's rate-limited API:
+                 404 while its budget (``ghcr_api_budget`` requests) lasts, then 429 with
+                 ``Retry-After``; ``ghcr_redirect=False``: the endpoint *is* that API;
+                 ``ghcr_blob_cdn=True``: a blob GET the caller may make is answered 307 to a
+                 second server of the front (another origin, GHCR's package CDN) serving the
+                 bytes, which records whether credentials reached it (``cdn_records``)
     ecr          mounting off → every mount 202 (a plain session); on → only a blob some
                  manifest of the ``from`` repository references is mounted, else 202; a
                  chunk (PATCH) is answered 201 instead of 202; referrers API
     gitlab       201, or 202 for every failure, a ``from`` outside the destination's
                  top-level namespace included
-    quay         needs ``from``; missing blob / repository / no read → 202; referrers → 400
+    quay         needs ``from``; missing blob / repository / no read → 202; referrers → 400;
+                 a mounted blob that no manifest pushed into that repository references
+                 within ``quay_mount_ttl`` seconds is forgotten: 404 to HEAD/GET, and a
+                 manifest PUT naming it is refused with 400 ``MANIFEST_BLOB_UNKNOWN``
     zot          ignores ``from``: 201 for a blob it holds in any repository; ``zot-old``
                  answers 405 to every mount; referrers API with ``OCI-Subject``
     artifactory  referrers API (7.90+); ``artifactory-old`` answers 406 there
@@ -38,6 +47,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -79,11 +89,12 @@ PROFILES: tuple[Profile, ...] = (
 )
 
 #: How each profile's registry answers ``GET /v2/<name>/referrers/<digest>``: ``api`` (the
-#: front serves it), a status, or ``upstream`` (distribution's own 404).
+#: front serves it), a status, ``ghcr`` (a 303 to GHCR's rate-limited API) or ``upstream``
+#: (distribution's own 404).
 _REFERRERS: dict[str, str | int] = {
     "dockerhub": "upstream",
     "harbor": "api",
-    "ghcr": 404,
+    "ghcr": "ghcr",
     "ecr": "api",
     "ecr-mounting": "api",
     "gitlab": "upstream",
@@ -101,6 +112,8 @@ _MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
+#: GHCR's rate-limited API, where the front's referrers endpoint redirects (same origin).
+GHCR_API = "/_ghcr/api"
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
 RATE_LIMIT = 100
 
@@ -115,6 +128,8 @@ class FrontRecord:
     status: int
     #: The front answered (or rewrote the answer) instead of passing the registry's on.
     emulated: bool = False
+    #: The request carried an ``Authorization`` header.
+    authorized: bool = False
 
     def q(self, key: str) -> str | None:
         vals = self.query.get(key)
@@ -180,7 +195,27 @@ class ProfileFront:
     #: Take blob bytes only in chunks: a monolithic ``PUT`` with a body is answered 416
     #: (as registries that require chunked uploads do), so clients fall back to ``PATCH``.
     chunked_only: bool = False
+    #: GHCR: requests its rate-limited API answers before it answers 429.
+    ghcr_api_budget: int = 1
+    #: GHCR: the referrers endpoint redirects (303) to the rate-limited API; False: the
+    #: endpoint itself is rate-limited.
+    ghcr_redirect: bool = True
+    #: The ``Retry-After`` (seconds) of GHCR's 429.
+    ghcr_retry_after: int = 1
+    #: Quay: seconds a mounted blob lives unless a manifest referencing it is pushed into
+    #: the repository it was mounted into.
+    quay_mount_ttl: float = 60.0
+    #: Seconds the front holds every manifest PUT before handling it (a slow client).
+    manifest_put_delay: float = 0.0
+    #: GHCR: blob GETs are redirected to the front's CDN (another origin).
+    ghcr_blob_cdn: bool = False
+    #: (path, carried ``Authorization``) of every request the CDN answered.
+    cdn_records: list[tuple[str, bool]] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
+    _cdn: ThreadingHTTPServer | None = None
+    _ghcr_api_used: int = 0
+    #: Quay: (repository, digest) → when it was mounted, until a manifest references it.
+    _mounted: dict[tuple[str, str], float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     #: (repository, subject digest) → referrer descriptors, from manifests pushed through.
     _referrers: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -269,9 +304,27 @@ class ProfileFront:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        if self.ghcr_blob_cdn:
+
+            class Cdn(_CdnHandler):
+                owner = front
+
+            self._cdn = ThreadingHTTPServer(("127.0.0.1", 0), Cdn)
+            self._cdn.daemon_threads = True
+            threading.Thread(target=self._cdn.serve_forever, daemon=True).start()
         return self
 
+    @property
+    def cdn_host(self) -> str:
+        """The CDN's ``host:port`` (``ghcr_blob_cdn``): another origin than ``host``."""
+        assert self._cdn is not None
+        return f"127.0.0.1:{self._cdn.server_address[1]}"
+
     def stop(self) -> None:
+        if self._cdn is not None:
+            self._cdn.shutdown()
+            self._cdn.server_close()
+            self._cdn = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -363,7 +416,27 @@ class ProfileFront:
         body: bytes,
     ) -> _Answer:
         p = self.profile
+        if p == "ghcr" and path.startswith(GHCR_API + "/"):
+            return self._ghcr_api()
         parts = _repo_of(path)
+        if parts is not None and parts[1] == "manifests" and method == "PUT":
+            if self.manifest_put_delay:
+                time.sleep(self.manifest_put_delay)
+            if p == "quay":
+                refused = self._quay_forgotten_in(parts[0], body)
+                if refused is not None:
+                    return refused
+        blob_read = parts is not None and parts[1] == "blobs" and method in ("GET", "HEAD")
+        cdn = self._cdn is not None and blob_read and method == "GET"
+        if p == "ghcr" and cdn and parts and parts[2].startswith("sha256:"):
+            # The caller's own credentials decide (a HEAD upstream); the bytes come from the CDN.
+            probe = self.forward("HEAD", path, {}, headers, b"")
+            if probe.status != 200:
+                return probe
+            location = f"http://{self.cdn_host}{path}?token=signed"
+            return _Answer(307, [("Location", location)], b"", emulated=True)
+        if p == "quay" and blob_read and parts and self._quay_forgotten(parts[0], parts[2]):
+            return _error(404, "BLOB_UNKNOWN", "blob unknown to registry")
         mount = method == "POST" and path.endswith("/blobs/uploads/") and "mount" in query
         if mount and parts is not None:
             answer = self._mount(parts[0], path, query, headers, body)
@@ -371,6 +444,11 @@ class ProfileFront:
                 return answer
         if parts is not None and parts[1] == "referrers" and method == "GET":
             how = _REFERRERS[p]
+            if how == "ghcr":
+                if self.ghcr_redirect:
+                    q = f"?{urlencode(query, doseq=True)}" if query else ""
+                    return _Answer(303, [("Location", f"{GHCR_API}{path}{q}")], b"", emulated=True)
+                return self._ghcr_api()
             if isinstance(how, int):
                 return _error(how, "UNSUPPORTED", "referrers API not available")
             if how == "api":
@@ -401,11 +479,18 @@ class ProfileFront:
         if parts is None:
             return answer
         name, kind, _ = parts
+        if mount and p == "quay" and answer.status == 201:
+            with self._lock:
+                self._mounted[(name, (query.get("mount") or [""])[0])] = time.monotonic()
         if kind == "manifests" and method == "PUT" and answer.status == 201:
             digest = answer.header("Docker-Content-Digest")
             if digest:
                 with self._lock:
                     self._pushed.setdefault(name, set()).add(digest)
+            if p == "quay":
+                with self._lock:  # referenced now: kept for good
+                    for d in _blob_digests(body):
+                        self._mounted.pop((name, d), None)
             self._note_subject(name, body, headers, answer)
         if kind == "manifests" and p == "dockerhub" and method in ("GET", "HEAD"):
             with self._lock:
@@ -419,6 +504,31 @@ class ProfileFront:
         if p.startswith("ecr") and kind == "blobs" and method == "PATCH" and answer.status == 202:
             answer.status, answer.emulated = 201, True
         return answer
+
+    def _ghcr_api(self) -> _Answer:
+        """GHCR's rate-limited API: no referrers there (404) until the budget is spent."""
+        with self._lock:
+            self._ghcr_api_used += 1
+            spent = self._ghcr_api_used > self.ghcr_api_budget
+        if not spent:
+            return _error(404, "NOT_FOUND", "not found")
+        answer = _error(429, "TOOMANYREQUESTS", "rate limit exceeded")
+        answer.headers.append(("Retry-After", str(self.ghcr_retry_after)))
+        return answer
+
+    def _quay_forgotten(self, name: str, digest: str) -> bool:
+        """Quay: ``digest`` was mounted into ``name`` longer than the TTL ago and no manifest
+        pushed there references it (then it is forgotten for good)."""
+        with self._lock:
+            at = self._mounted.get((name, digest))
+            return at is not None and time.monotonic() - at > self.quay_mount_ttl
+
+    def _quay_forgotten_in(self, name: str, body: bytes) -> _Answer | None:
+        """Quay's refusal of a manifest naming a forgotten blob, or None."""
+        for digest in _blob_digests(body):
+            if self._quay_forgotten(name, digest):
+                return _error(400, "MANIFEST_BLOB_UNKNOWN", f"blob unknown to registry: {digest}")
+        return None
 
     def _mount(
         self,
@@ -512,6 +622,46 @@ class ProfileFront:
         return _Answer(200, headers, json.dumps(index).encode(), emulated=True)
 
 
+def _blob_digests(body: bytes) -> list[str]:
+    """The config and layer digests a manifest body names (none for an index)."""
+    try:
+        m = json.loads(body)
+    except ValueError:
+        return []
+    if not isinstance(m, dict):
+        return []
+    descs = [m.get("config"), *(m.get("layers") or [])]
+    return [d["digest"] for d in descs if isinstance(d, dict) and isinstance(d.get("digest"), str)]
+
+
+class _CdnHandler(BaseHTTPRequestHandler):
+    """GHCR's package CDN: serves a blob named by a signed URL, with no registry auth."""
+
+    owner: ProfileFront
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        front = self.owner
+        path = urlsplit(self.path).path
+        with front._lock:
+            front.cdn_records.append((path, "Authorization" in self.headers))
+        parts = _repo_of(path)
+        status, body = 404, b""
+        if parts is not None and parts[1] == "blobs":
+            admin = [("Host", front.upstream.host)]
+            admin += front.upstream.admin_headers(parts[0], ("pull",)).items()
+            answer = front.forward("GET", path, {}, admin, b"")
+            status, body = answer.status, answer.body
+        self.send_response_only(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 class _Handler(BaseHTTPRequestHandler):
     owner: ProfileFront
     protocol_version = "HTTP/1.1"
@@ -545,7 +695,14 @@ class _Handler(BaseHTTPRequestHandler):
             answer = _error(500, "FRONT_ERROR", f"{type(exc).__name__}: {exc}")
         with front._lock:
             front.records.append(
-                FrontRecord(self.command, split.path, query, answer.status, answer.emulated)
+                FrontRecord(
+                    self.command,
+                    split.path,
+                    query,
+                    answer.status,
+                    answer.emulated,
+                    authorized="Authorization" in self.headers,
+                )
             )
         self.send_response_only(answer.status)
         sent_length = False

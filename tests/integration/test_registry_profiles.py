@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,16 +25,18 @@ from typing import Any
 
 import pytest
 
+from imagecopy.controller.failures import failure_for
 from imagecopy.copy import CopyOptions, CopyReport
 from imagecopy.copy.locations import BlobLocations
 from imagecopy.copy.refusals import MountRefusals
-from imagecopy.oci.errors import RateLimited
+from imagecopy.oci.errors import PushRejected, RateLimited
+from imagecopy.oci.pool import TransportSettings
 from testkit import images
 from testkit.peers import crane_digest
-from testkit.profiles import PROFILES, ProfileFront
+from testkit.profiles import GHCR_API, PROFILES, ProfileFront
 from testkit.registry import RegistryServer
 from testkit.token_issuer import TokenIssuer
-from tests.integration.copyhelpers import copy
+from tests.integration.copyhelpers import copy, credentials_for, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -422,7 +425,9 @@ async def test_referrers_are_copied_by_the_api_or_the_tag_schema(target: Target)
         assert [m["digest"] for m in r.json()["manifests"]] == [art.digest]
         assert fallback is None  # the destination's API lists the push: no tag schema index
     else:
-        assert listed and listed[0].status in (400, 404, 406)
+        # GHCR's 303 (to its rate-limited API) is "no API" too, and is not followed.
+        assert listed and listed[0].status in (303, 400, 404, 406)
+        assert not [e for e in log if e.path.startswith(GHCR_API)]
         assert fallback is not None
         assert [m["digest"] for m in fallback["manifests"]] == [art.digest]
     _row(t, "referrers", [report], [len(_mounts(t, mark))], "api" if api else "tag schema")
@@ -467,3 +472,202 @@ async def test_docker_hub_counts_pulls_not_heads_and_a_spent_quota_is_said(
         hub.rate_remaining = spent
     # The quota headers in words are the tenants branch's (oci/ratelimit.py).
     assert "rate-limited" in str(limited.value) and "(429)" in str(limited.value)
+
+
+# -- GHCR: the referrers endpoint's 303 to a rate-limited API -----------------------------
+
+
+def _referrer_gets(log: list[Any]) -> list[Any]:
+    return [e for e in log if e.method == "GET" and "/referrers/" in e.path]
+
+
+async def test_ghcr_redirects_referrers_to_a_rate_limited_api_and_the_tag_schema_is_used(
+    upstream: RegistryServer,
+) -> None:
+    """GHCR's referrers endpoint answers 303 to its rate-limited API. imagecopy never
+    follows a redirect there (``RepositoryClient.list_referrers``: a 3xx means "no referrers
+    API"), so the rate-limited API is never asked and the tag schema carries the referrers."""
+    with ProfileFront("ghcr", upstream, ghcr_api_budget=1) as ghcr:
+        ns = f"ns{uuid.uuid4().hex[:8]}"
+        src = images.push_image(ghcr, f"{ns}/dev", "1", layers=1)
+        art = images.push_artifact(ghcr, f"{ns}/dev", src, referrers_tag_fallback=True)
+        mark = ghcr.mark()
+        report = await copy(
+            src.ref, f"{ghcr.host}/{ns}/prod:1", ghcr, options=CopyOptions(referrers=True)
+        )
+        log = ghcr.access_log_since(mark)
+        assert report.referrers == 1
+        assert crane_digest(ghcr, f"{ghcr.host}/{ns}/prod@{art.digest}") == art.digest
+        fallback = images.referrers_fallback_index(ghcr, f"{ns}/prod", src.digest)
+        assert fallback is not None
+        assert [m["digest"] for m in fallback["manifests"]] == [art.digest]
+        # One listing of the source, one of the destination after the push (no
+        # ``OCI-Subject``): each a 303, each asked once per repository, none followed.
+        gets = _referrer_gets(log)
+        assert [(e.path.split("/referrers/")[0], e.status) for e in gets] == [
+            (f"/v2/{ns}/dev", 303),
+            (f"/v2/{ns}/prod", 303),
+        ]
+        assert all(e.emulated for e in gets)
+        assert not [e for e in log if e.path.startswith(GHCR_API)]
+        # The redirect is real: followed (as imagecopy does not), it reaches the API on the
+        # same origin, which answers 404 while its budget lasts and then 429 with Retry-After.
+        mark = ghcr.mark()
+        with ghcr.client(follow_redirects=True) as c:
+            first = c.get(f"/v2/{ns}/dev/referrers/{src.digest}")
+            second = c.get(f"/v2/{ns}/dev/referrers/{src.digest}")
+        assert first.status_code == 404 and second.status_code == 429
+        assert second.headers["Retry-After"] == "1"
+        assert [(e.path.startswith(GHCR_API), e.status) for e in ghcr.access_log_since(mark)] == [
+            (False, 303),
+            (True, 404),
+            (False, 303),
+            (True, 429),
+        ]
+
+
+async def test_ghcr_a_429_on_the_referrers_endpoint_is_rate_limited_not_no_api(
+    upstream: RegistryServer,
+) -> None:
+    """Where the referrers endpoint itself is the rate-limited API, its 429 is retried
+    (``Retry-After`` honoured) and then fails the copy as ``RateLimited`` — never taken for
+    "no referrers API", which would silently drop the referrers."""
+    with ProfileFront("ghcr", upstream, ghcr_redirect=False, ghcr_api_budget=0) as ghcr:
+        ns = f"ns{uuid.uuid4().hex[:8]}"
+        src = images.push_image(ghcr, f"{ns}/dev", "1", layers=1)
+        mark = ghcr.mark()
+        with pytest.raises(RateLimited) as limited:
+            await copy(
+                src.ref, f"{ghcr.host}/{ns}/prod:1", ghcr, options=CopyOptions(referrers=True)
+            )
+        log = ghcr.access_log_since(mark)
+        gets = _referrer_gets(log)
+        # FAST_RETRY's three attempts of the one listing, each answered 429.
+        assert [e.status for e in gets] == [429, 429, 429]
+        assert "rate-limited" in str(limited.value) and "(429)" in str(limited.value)
+        assert failure_for(limited.value).reason == "RateLimited"
+        # The listing comes before any write: nothing was pushed to the destination.
+        assert not [e for e in log if e.method in ("PUT", "POST", "PATCH")]
+
+
+async def test_ghcr_blob_redirects_to_another_origin_carry_no_credentials(
+    registry_v2: RegistryServer,
+) -> None:
+    """GHCR answers a blob GET with a redirect to its package CDN, another origin: imagecopy
+    follows it (blob reads follow redirects) and sends the registry's credentials only to the
+    registry — the CDN sees none (docs/reference.md §9)."""
+    with (
+        RegistryServer(impl="v3", auth="basic") as up,
+        ProfileFront("ghcr", up, ghcr_blob_cdn=True) as ghcr,
+    ):
+        src = images.push_image(ghcr, f"ns{uuid.uuid4().hex[:8]}/dev", "1", layers=2)
+        dst = f"{registry_v2.host}/{uuid.uuid4().hex[:8]}/mirror:1"
+        base = settings_for(ghcr, registry_v2)
+        settings = TransportSettings(plain_http=base.plain_http | {ghcr.cdn_host}, retry=base.retry)
+        mark = ghcr.mark()
+        report = await copy(
+            src.ref, dst, ghcr, registry_v2, settings=settings, credentials=credentials_for(ghcr)
+        )
+        assert report.blobs_uploaded == 3
+        assert crane_digest(registry_v2, dst) == src.digest
+        redirected = [
+            e
+            for e in ghcr.access_log_since(mark)
+            if e.method == "GET" and "/blobs/sha256:" in e.path
+        ]
+        assert [(e.status, e.authorized) for e in redirected] == [(307, True)] * 3
+        digests = {b["digest"] for b in src.blobs}
+        assert {p.rsplit("/", 1)[1] for p, _ in ghcr.cdn_records} == digests
+        assert [auth for _, auth in ghcr.cdn_records] == [False] * 3
+
+
+# -- Quay: a mounted blob no manifest references expires ---------------------------------
+
+
+async def test_quay_a_copy_pushes_its_manifest_before_its_mounts_expire(
+    upstream: RegistryServer,
+) -> None:
+    """imagecopy pushes the manifest right after its blobs, so Quay's expiry of
+    unreferenced mounts never bites a normal copy; a mount no manifest names does expire."""
+    with ProfileFront("quay", upstream, quay_mount_ttl=30.0) as quay:
+        ns = f"ns{uuid.uuid4().hex[:8]}"
+        src = images.push_image(quay, f"{ns}/dev", "1", layers=2)
+        mark = quay.mark()
+        dst = f"{quay.host}/{ns}/prod:1"
+        report = await copy(src.ref, dst, quay)
+        assert report.blobs_mounted == 3 and report.blobs_uploaded == 0
+        log = quay.access_log_since(mark)
+        assert [e.status for e in log if e.is_mount] == [201] * 3
+        assert [e.status for e in log if e.method == "PUT" and "/manifests/" in e.path] == [201]
+        # Now every mount expires at once: the copied image's blobs are referenced by its
+        # manifest and stay; a blob mounted with no manifest is forgotten.
+        quay.quay_mount_ttl = 0.0
+        blob = src.blobs[0]["digest"]
+        with quay.client() as c:
+            r = c.post(
+                f"/v2/{ns}/orphan/blobs/uploads/", params={"mount": blob, "from": f"{ns}/dev"}
+            )
+            assert r.status_code == 201
+            time.sleep(0.05)
+            assert c.head(f"/v2/{ns}/orphan/blobs/{blob}").status_code == 404
+            for b in src.blobs:
+                assert c.head(f"/v2/{ns}/prod/blobs/{b['digest']}").status_code == 200
+        assert crane_digest(quay, dst) == src.digest
+
+
+async def test_quay_a_manifest_pushed_after_its_mounts_expired_fails_and_tags_nothing(
+    upstream: RegistryServer,
+) -> None:
+    """The front holds the manifest PUT longer than the mounts live: Quay refuses it with
+    ``MANIFEST_BLOB_UNKNOWN``, the copy fails as ``PushRejected`` in one sentence naming
+    it, and no tag points at a manifest with missing blobs. The retry mounts again and lands."""
+    with ProfileFront("quay", upstream, quay_mount_ttl=0.2, manifest_put_delay=0.5) as quay:
+        ns = f"ns{uuid.uuid4().hex[:8]}"
+        src = images.push_image(quay, f"{ns}/dev", "1", layers=2)
+        dst = f"{quay.host}/{ns}/prod:1"
+        mark = quay.mark()
+        with pytest.raises(PushRejected) as rejected:
+            await copy(src.ref, dst, quay)
+        log = quay.access_log_since(mark)
+        assert [e.status for e in log if e.is_mount] == [201] * 3
+        puts = [e for e in log if e.method == "PUT" and "/manifests/" in e.path]
+        assert [(e.path, e.status, e.emulated) for e in puts] == [
+            (f"/v2/{ns}/prod/manifests/1", 400, True)
+        ]
+        message = str(rejected.value)
+        assert "rejected manifest 1 with 400" in message and "MANIFEST_BLOB_UNKNOWN" in message
+        assert failure_for(rejected.value).reason == "PushRejected"
+        # Nothing half-written: the tag does not exist, on the front or the real registry.
+        with quay.upstream.client(headers=quay.upstream.admin_headers(f"{ns}/prod")) as c:
+            assert c.head(f"/v2/{ns}/prod/manifests/1").status_code == 404
+            tags = c.get(f"/v2/{ns}/prod/tags/list")
+            assert tags.status_code == 404 or not (tags.json().get("tags") or [])
+        # A retry in time: a same-registry copy mounts first (no HEAD), so the forgotten
+        # blobs are mounted again, fresh, and the manifest push follows within the TTL.
+        quay.manifest_put_delay = 0.0
+        quay.quay_mount_ttl = 30.0
+        mark = quay.mark()
+        report = await copy(src.ref, dst, quay)
+        assert report.blobs_mounted == 3
+        assert [e.status for e in quay.access_log_since(mark) if e.is_mount] == [201] * 3
+        assert crane_digest(quay, dst) == src.digest
+
+
+async def test_quay_an_index_whose_children_are_refused_is_never_tagged(
+    upstream: RegistryServer,
+) -> None:
+    """An index's children are pushed (by digest) before the index at its tag: a child
+    Quay refuses for its expired mounts stops the copy before any tag is written."""
+    with ProfileFront("quay", upstream, quay_mount_ttl=0.2, manifest_put_delay=0.5) as quay:
+        ns = f"ns{uuid.uuid4().hex[:8]}"
+        src = images.push_index(quay, f"{ns}/dev", "1", platforms=("linux/amd64", "linux/arm64"))
+        mark = quay.mark()
+        with pytest.raises(PushRejected) as rejected:
+            await copy(src.ref, f"{quay.host}/{ns}/prod:1", quay)
+        assert "MANIFEST_BLOB_UNKNOWN" in str(rejected.value)
+        log = quay.access_log_since(mark)
+        puts = [e for e in log if e.method == "PUT" and "/manifests/" in e.path]
+        assert puts and all(e.status == 400 for e in puts)
+        assert all("/manifests/sha256:" in e.path for e in puts)  # children only, by digest
+        with quay.upstream.client(headers=quay.upstream.admin_headers(f"{ns}/prod")) as c:
+            assert c.head(f"/v2/{ns}/prod/manifests/1").status_code == 404

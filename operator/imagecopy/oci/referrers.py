@@ -52,8 +52,12 @@ async def find_referrers(
     repo: RepositoryClient, subject: str, artifact_type: str | None = None
 ) -> Referrers:
     """The referrers of ``subject`` (only those of ``artifact_type`` when given): the
-    referrers API, else the tag schema index."""
-    listed = await repo.list_referrers(subject, artifact_type)
+    referrers API, else the tag schema index. A repository whose registry already showed it
+    lacks the API (``repo.referrers_api is False``) is not asked again: on GHCR every ask is
+    a redirect to a rate-limited API."""
+    listed = None
+    if repo.referrers_api is not False:
+        listed = await repo.list_referrers(subject, artifact_type)
     if listed is not None:
         return Referrers(listed, True)
     tagged = await repo.get_manifest(referrers_tag(subject), missing_ok=True)
