@@ -146,12 +146,14 @@ def test_a_slow_copy_shows_its_progress_and_drops_it_when_done(
     from kubernetes import client
 
     src, dst = unique_repo("slow/src"), unique_repo("slow/dst")
-    layer_size = 1024 * 1024
+    # Blob bytes are counted as each 1 MiB piece goes out (``oci.repository.read_blob``
+    # passes a piece on once the next one has arrived), so each layer spans several pieces.
+    layer_size = 4 * 1024 * 1024
     image = push_image(registry_v2, src, "v1", layers=3, layer_size=layer_size)
     total_bytes = image.total_blob_bytes
     blobs = len(image.unique_blobs)
-    # About 6 s of streaming at 512 KiB/s: several 1 s progress writes.
-    with NetProxy(upstream=registry_v2.host, bandwidth_bps=512 * 1024) as slow:
+    # About 6 s of streaming at 2 MiB/s: several 1 s progress writes.
+    with NetProxy(upstream=registry_v2.host, bandwidth_bps=2 * 1024 * 1024) as slow:
         icp.apply(
             "slow",
             {
