@@ -150,16 +150,21 @@ def _registry_host(registry: Registry) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _duration(name: str, raw: str) -> float:
+    """``raw`` parsed as a duration; a malformed one is the setting's error."""
+    try:
+        return parse_duration(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+
+
 def _timeout(env: Mapping[str, str], name: str, default: float) -> float:
     """A duration of at least 1 s; unset → ``default``. Every copy has a deadline, so
     there is no "off"."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = parse_duration(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name}: {exc}") from None
+    value = _duration(name, raw)
     if value < 1:
         raise SettingsError(f"{name}={raw!r} must be at least 1s")
     return value
@@ -175,10 +180,7 @@ def _peering_lifetime(env: Mapping[str, str]) -> int:
     name, raw = "IMAGECOPY_PEERING_LIFETIME", env.get("IMAGECOPY_PEERING_LIFETIME", "").strip()
     if not raw:
         return 15
-    try:
-        value = parse_duration(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name}: {exc}") from None
+    value = _duration(name, raw)
     if value < MIN_PEERING_LIFETIME:
         raise SettingsError(f"{name}={raw!r} must be at least {MIN_PEERING_LIFETIME}s")
     return int(value)
@@ -192,10 +194,7 @@ def _refusal_ttl(env: Mapping[str, str], name: str, default: float) -> float:
         return default
     if raw.lower() in ("0", "0s", "off"):
         return 0.0
-    try:
-        value = parse_duration(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name}: {exc}") from None
+    value = _duration(name, raw)
     if value < 1:
         raise SettingsError(f"{name}={raw!r} must be at least 1s, or 0 to remember nothing")
     if value > 86400:
@@ -280,10 +279,7 @@ class Settings:
             raw = env.get(name, "").strip()
             if not raw or raw.lower() in ("none", "off", "0", "0s"):
                 return default if not raw else None
-            try:
-                value = parse_duration(raw)
-            except ValueError as exc:
-                raise SettingsError(f"{name}: {exc}") from None
+            value = _duration(name, raw)
             if value < 1:
                 raise SettingsError(f"{name}={raw!r} must be at least 1s")
             return value
