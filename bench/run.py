@@ -35,7 +35,7 @@ from bench import apply_ready
 from bench.bigimage import MiB, cached_layer, push_big_image
 from bench.scaling import LAYER_SWEEP, QUICK_SIZE_SWEEP, SIZE_SWEEP, ScalingRegistry, all_images
 from testkit.images import push_image, push_index
-from testkit.proctime import Spawner, clock_info, floor
+from testkit.proctime import Spawner, clock_info, floor, selfcheck
 from testkit.registry import AccessLogEntry, RegistryServer
 from testkit.tools import REPO_ROOT, find_tool
 
@@ -879,6 +879,19 @@ def machine() -> str:
     )
 
 
+def _selfcheck_line(check: dict[str, Any] | None) -> str:
+    """results.md's line on the clock's self-check (testkit.proctime.selfcheck)."""
+    if not check:
+        return "- clock self-check: not run"
+    walls = ", ".join(f"{w:.4f}" for w in check["sleep_walls_s"])
+    verdict = "passed" if check["ok"] else "FAILED: wall times of this run are not to be trusted"
+    return (
+        f"- clock self-check {verdict}: `sleep {check['sleep_s']}` measured {walls} s "
+        f"(fastest {check['sleep_excess_min_s'] * 1e3:.2f} ms over the sleep; a polling wait "
+        f"would add up to 50 ms); a 0.2 s CPU spin reported {check['spin_cpu_s']:.3f} s CPU"
+    )
+
+
 def fmt_bytes(n: int | None) -> str:
     if n is None:
         return "-"
@@ -905,6 +918,7 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
         f"floor = /bin/true: {clk.get('true_wall_ns_median', 0) / 1e6:.2f} ms median "
         f"({clk.get('true_wall_ns_min', 0) / 1e6:.2f} ms min), peak RSS floor "
         f"{fmt_bytes(clk.get('true_maxrss_bytes'))} (the spawner's own size)",
+        _selfcheck_line(clk.get("selfcheck")),
         f"- runs per tool: {data['runs']} timed after {data['warmup']} warm-up "
         f"(cross-registry {data.get('cross_runs', data['runs'])}, scaling points "
         f"{data.get('scaling_runs', '-')}); wall times are medians with min-max; ratios are "
@@ -1403,7 +1417,12 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": [],
     }
     with bench_session(args) as b:
-        data["clock"] = {**clock_info(), **floor(b.spawner)}
+        data["clock"] = {**clock_info(), **floor(b.spawner), "selfcheck": selfcheck(b.spawner)}
+        if not data["clock"]["selfcheck"]["ok"]:
+            b.notes.append(
+                "clock self-check FAILED (see clock.selfcheck in results.json): the wall "
+                "times of this run are not to be trusted"
+            )
         data["notes"] = list(b.notes)
         data["versions"] = {t.name: t.version for t in b.tools.values()}
         data["commands"] = {t.name: t.template for t in b.tools.values()}

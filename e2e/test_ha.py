@@ -9,7 +9,9 @@ takes over at once, long before a 120 s lifetime could expire. No object is copi
 processes at once: every copy report of an object appears in one replica's log, each destination
 manifest is PUT exactly once (the destination registry's access log), and after the SIGTERM of
 a replica in the middle of a slow copy the standby's first line about that object comes after
-the stopped replica's last one.
+the stopped replica's last one. The same holds when a higher-priority replica joins while the
+active one is mid-copy (a rolling update whose new pod drew the higher priority): the old one
+pauses and stays as the standby, the newcomer finishes the copy after the takeover grace.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pytest
 
 from e2e.controlplane import ControlPlane
 from e2e.operator_harness import ImageCopies
-from e2e.replicas import Replicas, copy_lines, log_time, object_lines
+from e2e.replicas import Replicas, copy_lines, is_active, log_time, object_lines
 from testkit.images import push_big_image, push_image
 from testkit.registry import RegistryServer, select
 from tests.support.fixtures import *  # noqa: F403  (registry fixtures)
@@ -195,3 +197,70 @@ def test_graceful_sigterm_hands_over_at_once_and_never_overlaps(
     assert took_over[0] > last_active
     assert not [line for line in copy_lines(active, namespace, "slow") if "=Copied" in line]
     assert [p for p in ha.copied(namespace, "slow") if p is standby] == [standby]
+
+
+def test_a_higher_priority_replica_joining_mid_copy_takes_over_without_overlap(
+    control_plane: ControlPlane,
+    namespace: str,
+    replicas: list[Replicas],
+    registry_v2: RegistryServer,
+    registry_v3: RegistryServer,
+    netproxy: Any,
+    unique_repo: Any,
+) -> None:
+    """A rolling update whose new pod drew the higher priority: the old replica is still copying
+    when the new one joins. Kopf pauses the old one (its daemons are stopped in the background);
+    the newcomer's copy waits out the takeover grace, so it starts only after the old replica's
+    last line about the object, and the destination manifest is written once."""
+    icp = ImageCopies(control_plane, namespace)
+    ha = Replicas(control_plane, 2)
+    replicas.append(ha)
+    newcomer, old = ha.procs  # priorities 1000 and 900
+    ha.create_peering()
+    old.start()
+    ha.wait_active(old)
+
+    src, dst = unique_repo("dev/rollout"), unique_repo("prod/rollout")
+    image = push_big_image(registry_v2, src, "1", size=32 * MiB, seed=12)
+    proxy = netproxy(registry_v2.host, bandwidth_bps=1 * MiB)  # ~32 s for the layer
+    mark = registry_v3.mark()
+    icp.apply(
+        "rollout",
+        {
+            "source": {"image": f"{proxy.address}/{src}:1"},
+            "destination": {"image": registry_v3.ref(dst, "1")},
+        },
+    )
+    deadline = time.monotonic() + 30
+    while proxy.snapshot().bytes_down < MiB and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proxy.snapshot().bytes_down >= MiB, "the copy never started streaming"
+    assert ha.handled(namespace, "rollout") == [old]
+
+    joined = time.monotonic()
+    newcomer.start()
+    ha.wait_active(newcomer, timeout=60)
+    deadline = time.monotonic() + 30
+    while is_active(old) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not is_active(old), "the lower-priority replica did not pause"
+    assert old.running  # paused, not exited: it stays as the standby
+    print(f"\nhigher-priority newcomer active {time.monotonic() - joined:.1f}s after it started")
+
+    obj = icp.wait_condition("rollout", reason="Copied", timeout=180, operator=newcomer)
+    assert obj["status"]["destinationDigest"] == image.digest
+    # The old replica was interrupted mid-copy (else this test did not test a takeover) ...
+    assert not [line for line in copy_lines(old, namespace, "rollout") if "=Copied" in line]
+    # ... and the newcomer's copy began after the old replica's last line about the object.
+    last_old = max(t for t in map(log_time, object_lines(old, namespace, "rollout")) if t)
+    took_over = [
+        t
+        for line in object_lines(newcomer, namespace, "rollout")
+        if "takeover grace (peering)" in line and (t := log_time(line))
+    ]
+    assert took_over, "the newcomer's first copy did not wait the takeover grace"
+    print(f"rollout copy: the newcomer started copying {took_over[0] - last_old} after")
+    assert took_over[0] > last_old
+    assert [p for p in ha.copied(namespace, "rollout") if p is newcomer] == [newcomer]
+    time.sleep(2)  # a late duplicate write would show up in the access log by now
+    assert manifest_puts(registry_v3, mark, dst) == 1

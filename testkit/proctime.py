@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Measured", "Spawner", "clock_info", "floor", "measure"]
+__all__ = ["Measured", "Spawner", "clock_info", "floor", "measure", "selfcheck"]
 
 STDERR_TAIL = 4000
 
@@ -212,6 +212,35 @@ def floor(spawner: Spawner | None = None, runs: int = 21) -> dict[str, Any]:
         "true_wall_ns_min": walls[0],
         "true_maxrss_bytes": max(m.maxrss_bytes for m in results),
         "runs": runs,
+    }
+
+
+#: What the self-check sleeps for: long enough to be far above the clock's resolution and the
+#: spawn overhead, short enough to cost nothing in a benchmark run.
+SELFCHECK_SLEEP_S = 0.123
+#: Excess over the sleep above which the clock is reported as not to be trusted: a polling
+#: wait (``Popen.wait(timeout)``) rounds up to steps of up to 50 ms.
+SELFCHECK_TOLERANCE_S = 0.010
+
+
+def selfcheck(spawner: Spawner | None = None, runs: int = 3) -> dict[str, Any]:
+    """The benchmark's own check of this clock, run at the start of ``make bench`` (never in
+    ``make test``: it is a measurement of time). A child that sleeps ``SELFCHECK_SLEEP_S`` must
+    measure no less than the sleep and, at its fastest run, within ``SELFCHECK_TOLERANCE_S``
+    of it; a child spinning for 0.2 s of CPU must report that CPU from ``wait4``."""
+    run = spawner.measure if spawner is not None else measure
+    env = {"PATH": "/usr/bin:/bin"}
+    walls = [run(["/bin/sleep", str(SELFCHECK_SLEEP_S)], env, 30.0).wall_s for _ in range(runs)]
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.2:\n    pass\n"
+    cpu = run([sys.executable, "-S", "-c", spin], env, 60.0).cpu_s
+    excess = min(walls) - SELFCHECK_SLEEP_S
+    ok = all(w >= SELFCHECK_SLEEP_S for w in walls) and excess <= SELFCHECK_TOLERANCE_S
+    return {
+        "sleep_s": SELFCHECK_SLEEP_S,
+        "sleep_walls_s": [round(w, 6) for w in walls],
+        "sleep_excess_min_s": round(excess, 6),
+        "spin_cpu_s": round(cpu, 4),
+        "ok": ok and cpu >= 0.2,
     }
 
 

@@ -292,6 +292,15 @@ def test_operator_settings_become_env_vars(helm: str, tmp_path: Path) -> None:
             "stallTimeout": "5m",
             "progressInterval": "30s",
             "peeringLifetime": "30s",
+            "connectTimeout": "5s",
+            "readTimeout": "2m",
+            "mountRefusalTtl": 0,
+            "maxIndexChildren": 64,
+            "maxIndexDepth": 4,
+            "maxManifests": 512,
+            "maxManifestBytes": "32MiB",
+            "maxBlobs": 5000,
+            "maxReferrers": 128,
         },
         "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
     }
@@ -312,6 +321,16 @@ def test_operator_settings_become_env_vars(helm: str, tmp_path: Path) -> None:
         "IMAGECOPY_STALL_TIMEOUT": "5m",
         "IMAGECOPY_PROGRESS_INTERVAL": "30s",
         "IMAGECOPY_PEERING_LIFETIME": "30s",
+        "IMAGECOPY_CONNECT_TIMEOUT": "5s",
+        "IMAGECOPY_READ_TIMEOUT": "2m",
+        # a numeric 0 (falsy in a template) still reaches the operator: "remember nothing"
+        "IMAGECOPY_MOUNT_REFUSAL_TTL": "0",
+        "IMAGECOPY_MAX_INDEX_CHILDREN": "64",
+        "IMAGECOPY_MAX_INDEX_DEPTH": "4",
+        "IMAGECOPY_MAX_MANIFESTS": "512",
+        "IMAGECOPY_MAX_MANIFEST_BYTES": "32MiB",
+        "IMAGECOPY_MAX_BLOBS": "5000",
+        "IMAGECOPY_MAX_REFERRERS": "128",
     }
     assert env["HTTPS_PROXY"] == "http://proxy:3128"
     assert {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"] == 9090
@@ -322,24 +341,24 @@ def test_unset_settings_leave_operator_defaults(helm: str) -> None:
     assert {n for n in env if n.startswith("IMAGECOPY_")} == {"IMAGECOPY_METRICS_PORT"}
 
 
-def test_values_cover_every_operator_setting() -> None:
+def operator_settings() -> set[str]:
+    """Every ``IMAGECOPY_*`` variable the operator reads (controller/settings.py)."""
+    source = (REPO / "operator" / "imagecopy" / "controller" / "settings.py").read_text()
+    return set(re.findall(r'"(IMAGECOPY_[A-Z_]+)"', source))
+
+
+def test_values_cover_every_operator_setting(helm: str, tmp_path: Path) -> None:
+    # Every operator setting has a chart value: set them all (any non-empty value) and every
+    # variable the operator reads is rendered, nothing else.
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert set(values["operator"]) == {
-        "allowedRegistries",
-        "plainHttpRegistries",
-        "insecureRegistries",
-        "blockedNetworks",
-        "maxConcurrentCopies",
-        "blobConcurrency",
-        "defaultInterval",
-        "stalledRetry",
-        "metricsPort",
-        "maxCopiesPerNamespace",
-        "copyTimeout",
-        "stallTimeout",
-        "progressInterval",
-        "peeringLifetime",
-    }
+    everything = {key: "1" for key in values["operator"]}
+    everything["metricsPort"] = 9090
+    for key in ("allowedRegistries", "plainHttpRegistries", "insecureRegistries"):
+        everything[key] = ["r.example:5000"]
+    everything["blockedNetworks"] = ["10.0.0.0/8"]
+    env = {e["name"] for e in container(render(helm, {"operator": everything}, tmp_path))["env"]}
+    assert {n for n in env if n.startswith("IMAGECOPY_")} == operator_settings()
+    assert len(operator_settings()) >= 23
 
 
 def test_scheduling_and_pod_metadata_values(helm: str, tmp_path: Path) -> None:

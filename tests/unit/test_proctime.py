@@ -1,33 +1,34 @@
 """testkit.proctime, the benchmark's process clock: blocking reap, rusage of the child alone.
 
-These check the helper's own precision with generous bounds (the minimum of a few runs, so a
-busy machine cannot fail them); nothing here times the product."""
+Nothing here asserts how long anything took (make test never asserts a time): the clock's
+precision is checked by the benchmark itself at the start of every run
+(``testkit.proctime.selfcheck``, reported in bench/results.md). These tests check what the
+clock reports and that it is the child's own: exit status, stderr, the watchdog's kill, peak
+RSS, and CPU equal to what the child counted itself."""
 
 from __future__ import annotations
 
 import sys
-import time
 
-from testkit.proctime import Spawner, clock_info, floor, measure
+from testkit.proctime import Spawner, clock_info, floor, measure, selfcheck
 
 MiB = 1024 * 1024
 
 
-def test_a_sleeping_child_measures_its_sleep_not_a_polling_step() -> None:
-    # Popen.wait(timeout) polls in steps growing to 50 ms and would report ~0.16 s for this
-    # child; a blocking wait4 reports the sleep plus the spawn overhead (~1 ms).
-    walls = [measure(["/bin/sleep", "0.123"]).wall_s for _ in range(3)]
-    assert all(w >= 0.123 for w in walls), walls
-    assert min(walls) < 0.123 + 0.030, walls
-
-
-def test_the_wall_time_has_sub_millisecond_resolution() -> None:
+def test_the_clock_is_monotonic_with_sub_millisecond_resolution() -> None:
     info = clock_info()
     assert info["resolution_s"] < 1e-3
     assert info["monotonic"] is True
     walls = {measure(["/bin/true"]).wall_ns for _ in range(5)}
-    # nanosecond readings of a ~1 ms event: not all on a millisecond grid
+    # nanosecond readings, not a millisecond (or coarser polling) grid
     assert any(w % 1_000_000 for w in walls), walls
+
+
+def test_the_selfcheck_reports_its_readings() -> None:
+    check = selfcheck(runs=1)
+    assert set(check) == {"sleep_s", "sleep_walls_s", "sleep_excess_min_s", "spin_cpu_s", "ok"}
+    assert len(check["sleep_walls_s"]) == 1
+    assert check["sleep_excess_min_s"] == round(check["sleep_walls_s"][0] - check["sleep_s"], 6)
 
 
 def test_peak_rss_is_the_childs_own_allocation() -> None:
@@ -37,12 +38,20 @@ def test_peak_rss_is_the_childs_own_allocation() -> None:
     assert m.maxrss_bytes >= 100 * MiB
 
 
-def test_cpu_time_is_the_childs_user_plus_system_time() -> None:
-    code = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3:\n    pass\n"
+def test_cpu_time_is_what_the_child_counted_itself() -> None:
+    # The child spins, then prints the CPU it has used so far; wait4's rusage, taken at its
+    # exit, can only be that plus the few instructions of printing and exiting.
+    code = (
+        "import time\nt = time.process_time()\n"
+        "while time.process_time() - t < 0.2:\n    pass\n"
+        "import sys\nsys.stderr.write(repr(time.process_time()))\n"
+    )
     m = measure([sys.executable, "-c", code])
     assert m.rc == 0, m.stderr
-    assert m.cpu_s >= 0.29
-    assert m.wall_s >= m.cpu_s * 0.9
+    counted = float(m.stderr)
+    assert counted <= m.cpu_s + 0.011  # rusage is kept in clock ticks (10 ms)
+    assert m.cpu_s <= counted + 0.05
+    assert m.utime_s > 0
 
 
 def test_exit_status_and_stderr_are_reported() -> None:
@@ -53,11 +62,9 @@ def test_exit_status_and_stderr_are_reported() -> None:
 
 
 def test_the_watchdog_kills_a_child_past_its_timeout() -> None:
-    t0 = time.monotonic()
     m = measure(["/bin/sleep", "30"], timeout=0.5)
     assert m.timed_out
     assert m.rc == -9
-    assert time.monotonic() - t0 < 20
 
 
 def test_a_missing_program_is_exit_127() -> None:
