@@ -82,7 +82,17 @@ def everything(ns: str) -> dict[str, Any]:
             "maxCopiesPerNamespace": 2,
             "copyTimeout": "1h",
             "stallTimeout": "5m",
+            "progressInterval": "30s",
             "peeringLifetime": "30s",
+            "connectTimeout": "5s",
+            "readTimeout": "2m",
+            "mountRefusalTtl": "0",
+            "maxIndexChildren": 64,
+            "maxIndexDepth": 4,
+            "maxManifests": 512,
+            "maxManifestBytes": "32MiB",
+            "maxBlobs": 5000,
+            "maxReferrers": 128,
         },
         "logFormat": "plain",
         "logLevel": "verbose",
@@ -105,7 +115,7 @@ def everything(ns: str) -> dict[str, Any]:
         },
         "podAnnotations": {"example.com/scrape": "true"},
         "podLabels": {"team": "platform"},
-        "extraEnv": [{"name": "IMAGECOPY_MAX_INDEX_DEPTH", "value": "4"}],
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.example:3128"}],
     }
 
 
