@@ -212,7 +212,10 @@ def run() -> NoReturn:
     and upload sessions, no file is open for writing and no thread runs (``asyncio.run`` shut
     its executor down). So the interpreter's teardown (finalizing some 350 modules) is skipped
     with ``os._exit``. A flush that fails (a closed pipe) takes the ordinary exit instead,
-    which reports it as Python always does."""
+    which reports it as Python always does. ``operator`` (a long-running process whose
+    libraries may rely on exit hooks) always takes the ordinary exit."""
+    if sys.argv[1:2] == ["operator"]:
+        raise SystemExit(main())
     code = main()
     try:
         sys.stdout.flush()
