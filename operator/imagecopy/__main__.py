@@ -1,5 +1,5 @@
-"""`python -m imagecopy`."""
+"""`python -m imagecopy`: the same program as the ``imagecopy`` console script."""
 
-from .cli import main
+from .cli import run
 
-raise SystemExit(main())
+run()

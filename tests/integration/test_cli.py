@@ -7,15 +7,19 @@ import os
 import pty
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from testkit import images
+from testkit.netproxy import NetProxy
 from testkit.peers import crane_digest, skopeo_digest
+from testkit.profiles import ProfileFront
 from testkit.registry import RegistryServer
 from testkit.tools import REPO_ROOT
 from tests.integration.copyhelpers import docker_config, repo
+from tests.integration.test_round_trips import DELAY_MS, critical_chain
 
 pytestmark = pytest.mark.integration
 
@@ -58,9 +62,10 @@ def test_json_says_why_go_containerregistry_mounted_nothing(
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["blobs"] == {"total": 3, "mounted": 0, "uploaded": 0, "existing": 3}
-    # One probe answered 202 for a blob the source holds: the other blobs were looked for
-    # (HEAD) instead of asked for a mount that would open a session for nothing.
-    assert out["mount"] == {"attempted": 1, "refused": 1, "reason": why}
+    # No probe in the CLI: the first wave asks every blob it holds in flight; the first 202
+    # (for a blob the source holds) makes the blobs not yet asked look first (HEAD).
+    mount = out["mount"]
+    assert 1 <= mount["attempted"] == mount["refused"] <= 3 and mount["reason"] == why
 
     other = images.push_image(registry_v2, repo("dev"), "1", layers=1)
     mirror = f"{registry_ggcr.host}/{repo('mirror')}:1"
@@ -229,3 +234,44 @@ def test_dry_run_writes_nothing(registry_v2: RegistryServer) -> None:
     assert out["dryRun"] is True and out["blobs"]["mounted"] == 3
     assert all(e.method in ("GET", "HEAD") for e in reg.access_log_since(mark))
     assert images.get_manifest(reg, dst.split("/", 1)[1].split(":")[0], "1").status_code == 404
+
+
+def test_same_registry_copy_sends_its_mounts_in_one_wave(
+    registry_v2: RegistryServer, netproxy: Callable[..., NetProxy]
+) -> None:
+    """One copy per process: no mount probe. HEAD destination tag → GET manifest → 21 mounts
+    at once → PUT manifest: four round trips and 24 requests, as the engine's copies after
+    the first of a period (its first takes five: tests/integration/test_round_trips.py)."""
+    src = images.push_image(registry_v2, repo("dev"), "v1", layers=20, layer_size=1024)
+    proxy = netproxy(registry_v2.host, delay_ms=DELAY_MS)
+    host = proxy.address
+    dst = f"{host}/{repo('prod')}:v1"
+    proc = run("copy", f"{host}/{src.repo}:v1", dst, "--plain-http", host, "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["blobs"] == {"total": 21, "mounted": 21, "uploaded": 0, "existing": 0}
+    log = proxy.stats.log
+    assert len(log) == out["requests"] == 21 + 3
+    assert critical_chain(log) == 4, [(r.method, r.path, r.started) for r in log]
+
+
+def test_a_registry_refusing_mounts_costs_at_most_one_refused_mount_per_blob(
+    registry_v3: RegistryServer,
+) -> None:
+    """The price of no probe: a registry that does not mount (zot before 2.1: 405) is asked
+    once for each blob of the first wave (never twice for one), all at once; every blob is
+    then uploaded and the copy says why none was mounted."""
+    with ProfileFront("zot-old", registry_v3) as front:
+        src = images.push_image(front, repo("dev"), "1", layers=4)
+        dst = f"{front.host}/{repo('prod')}:1"
+        mark = front.mark()
+        proc = run("copy", src.ref, dst, "--plain-http", front.host, "--json")
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        sent = [e for e in front.access_log_since(mark) if e.is_mount]
+        assert out["blobs"] == {"total": 5, "mounted": 0, "uploaded": 5, "existing": 0}
+        assert 1 <= len(sent) <= 5 and {e.status for e in sent} == {405}
+        assert len({e.q("mount") for e in sent}) == len(sent)  # one per blob at most
+        assert out["mount"]["attempted"] == out["mount"]["refused"] == len(sent)
+        assert "405" in out["mount"]["reason"]
+        assert crane_digest(front, dst) == src.digest

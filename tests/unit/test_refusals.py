@@ -201,3 +201,25 @@ def test_a_refusal_ends_what_a_mount_taught() -> None:
     off, _ = memory(ttl=0)
     off.remember_mounted("r.example", "alice")
     assert not off.mounted("r.example", "alice")
+
+
+async def test_without_the_probe_the_first_copy_sends_its_mounts_at_once() -> None:
+    """``probe=False`` (the CLI): no blob waits for a first mount's answer; a registry that
+    refused is still not asked again, and the probe comes back for it once that is over."""
+    digests = [f"sha256:{n:064x}" for n in range(3)]
+    probing = strategy(MountRefusals(600))
+    answers = [await probing.next_route(d) for d in digests[:1]]
+    assert answers == [(MountRoute((SRC.repo,), False), True)]  # one probe, the rest wait
+
+    clock = Clock()
+    refusals = MountRefusals(600, clock=clock, now=lambda: NOON, probe=False)
+    wave = strategy(refusals)
+    answers = [await wave.next_route(d) for d in digests]
+    assert answers == [(MountRoute((SRC.repo,), False), False)] * 3  # one wave, no probe
+    wave.learn(refused(405, MountRefusal.UNSUPPORTED))
+    assert not wave.enabled and not strategy(refusals).enabled  # remembered as before
+    assert not refusals.mounted("r.example", "alice")
+    clock.t += 600
+    assert refusals.mounted("r.example", "alice") and strategy(refusals).enabled
+    # ttl 0 remembers nothing and still sends no probe.
+    assert MountRefusals(0, probe=False).mounted("r.example", "alice")

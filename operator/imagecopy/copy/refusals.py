@@ -11,7 +11,12 @@ candidate (``from`` repository) is remembered on its own: the others are still t
 
 A registry that *did* mount for a credential is noted as well (``mounted``): the copies that
 follow send their mounts at once instead of one probe first (``copy.mounts``), so only the
-first copy per registry, credential and period pays the probe's round trip.
+first copy per registry, credential and period pays the probe's round trip. With
+``probe=False`` (the CLI: one copy per process, so every run would be a first copy and pay it)
+a registry counts as having mounted until it refuses: the first copy sends its mounts in one
+wave too. Its cost is on the refusing side: a registry that answers 401/403/404/405 gets one
+refused request per blob in flight instead of one (all at once, so no round trip more); one
+that answers 202 opens each blob's upload session with it, as it would after the probe.
 
 An entry lasts ``ttl`` seconds (``IMAGECOPY_MOUNT_REFUSAL_TTL``), after which one mount is
 asked again; at most ``limit`` entries are held (the oldest go first). ``ttl`` 0 turns the
@@ -68,8 +73,11 @@ class MountRefusals:
         limit: int = DEFAULT_LIMIT,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        probe: bool = True,
     ) -> None:
         self.ttl = max(0.0, ttl)
+        #: False: ``mounted`` holds for a registry that has not refused (no probe first).
+        self.probe = probe
         self.limit = max(1, limit)
         self._clock = clock
         self._now = now
@@ -93,7 +101,10 @@ class MountRefusals:
         self._put((registry, credential, ""), status)
 
     def mounted(self, registry: str, credential: str) -> bool:
-        """Whether the registry linked a blob with a mount for this credential this period."""
+        """Whether the registry linked a blob with a mount for this credential this period
+        (with ``probe=False``: whether it did not refuse one)."""
+        if not self.probe:
+            return self.registry(registry, credential) is None
         key = (registry, credential)
         expires = self._mounted.get(key)
         if expires is None:
