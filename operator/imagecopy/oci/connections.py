@@ -10,8 +10,10 @@ httpcore (pooling, HTTP/1.1 and HTTP/2) and replaces the network backend with it
 scope per read and write, and asyncio 3.11's transport copying the unsent rest of every 1 MiB
 write into its own buffer, as a large share of the CPU per GiB. Reads ask the socket for up to
 1 MiB, writes send the caller's buffer until it is all out, the loop watches a socket only
-while a read or write must wait, and the liveness check uses one cached poller per socket. It
-also replaces the pool's request assignment, which httpcore makes quadratic in the pool's
+while a read or write must wait, and the liveness check uses one cached poller per socket. h11's
+receive buffer hands a body read back as the bytes object the socket returned
+(``_BodyBuffer``, in every HTTP/1.1 connection the pool makes) instead of four copies of it.
+It also replaces the pool's request assignment, which httpcore makes quadratic in the pool's
 size (``_Pool``). The
 verified TLS context is built on first use, so plain-HTTP runs never load a CA bundle.
 
@@ -35,11 +37,12 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 import httpcore
 import httpx
+from h11._receivebuffer import ReceiveBuffer
 
 from .netguard import NetworkGuard, ResolutionFailed
 
@@ -360,6 +363,107 @@ async def _connect(
     return _SocketStream(sock, loop)
 
 
+class _BodyBuffer(ReceiveBuffer):
+    """h11's receive buffer, except that a network read arriving while the buffer is empty
+    is kept as the bytes object it is, and a body read that takes all of it gets that very
+    object back: h11 otherwise copies each read into its buffer, out of it twice, and
+    httpcore once more (``bytes(event.data)``), four copies of every blob byte downloaded.
+    Anything else (status line, headers, a read that only partly belongs to the body) first
+    moves the kept read into the buffer and is h11's own code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._whole: bytes | None = None
+
+    def _settle(self) -> None:
+        if self._whole is not None:
+            whole, self._whole = self._whole, None
+            super().__iadd__(whole)
+
+    def __iadd__(self, byteslike: bytes | bytearray) -> _BodyBuffer:
+        if self._whole is None and not self._data and type(byteslike) is bytes:
+            self._whole = byteslike
+        else:
+            self._settle()
+            super().__iadd__(byteslike)
+        return self
+
+    def __len__(self) -> int:
+        return len(self._data) + (0 if self._whole is None else len(self._whole))
+
+    def __bytes__(self) -> bytes:
+        self._settle()
+        return super().__bytes__()
+
+    def maybe_extract_at_most(self, count: int) -> bytearray | None:
+        whole = self._whole
+        if whole is not None and count >= len(whole):
+            self._whole = None
+            # h11 and httpcore only read the body's bytes (``Data.data``, ``bytes()`` of it).
+            return cast(bytearray, whole)
+        self._settle()
+        return super().maybe_extract_at_most(count)
+
+    def maybe_extract_next_line(self) -> bytearray | None:
+        self._settle()
+        return super().maybe_extract_next_line()
+
+    def maybe_extract_lines(self) -> list[bytearray] | None:
+        self._settle()
+        return super().maybe_extract_lines()
+
+    def is_next_line_obviously_invalid_request_line(self) -> bool:
+        self._settle()
+        return super().is_next_line_obviously_invalid_request_line()
+
+
+class _HTTP11Connection(httpcore.AsyncHTTP11Connection):
+    """httpcore's HTTP/1.1 connection with ``_BodyBuffer`` as h11's receive buffer."""
+
+    def __init__(
+        self,
+        origin: httpcore.Origin,
+        stream: httpcore.AsyncNetworkStream,
+        keepalive_expiry: float | None = None,
+    ) -> None:
+        super().__init__(origin, stream, keepalive_expiry)
+        state = self._h11_state
+        if type(state._receive_buffer) is ReceiveBuffer and not state._receive_buffer:
+            state._receive_buffer = _BodyBuffer()
+
+
+class _Connection(httpcore.AsyncHTTPConnection):
+    """httpcore's connection to one origin, speaking HTTP/1.1 through ``_HTTP11Connection``.
+
+    httpcore makes the protocol's connection on the first request, after connecting; this
+    makes it the same way (HTTP/2 when ALPN chose it or only HTTP/2 is allowed), then lets
+    httpcore carry on with a connection already there.
+    """
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        if self._connection is None and self.can_handle_request(request.url.origin):
+            try:
+                async with self._request_lock:
+                    if self._connection is None:
+                        stream = await self._connect(request)
+                        ssl_object = stream.get_extra_info("ssl_object")
+                        alpn = ssl_object.selected_alpn_protocol() if ssl_object else None
+                        if alpn == "h2" or (self._http2 and not self._http1):
+                            self._connection = httpcore.AsyncHTTP2Connection(
+                                origin=self._origin,
+                                stream=stream,
+                                keepalive_expiry=self._keepalive_expiry,
+                            )
+                        else:
+                            self._connection = _HTTP11Connection(
+                                self._origin, stream, self._keepalive_expiry
+                            )
+            except BaseException:
+                self._connect_failed = True
+                raise
+        return await super().handle_async_request(request)
+
+
 class _Pool(httpcore.AsyncConnectionPool):
     """httpcore's connection pool with a linear assignment pass.
 
@@ -375,6 +479,20 @@ class _Pool(httpcore.AsyncConnectionPool):
     keep-alive limit is the connection limit here (``PoolTransport``), so it never closes a
     connection on its own.
     """
+
+    def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
+        return _Connection(
+            origin=origin,
+            ssl_context=self._ssl_context,
+            keepalive_expiry=self._keepalive_expiry,
+            http1=self._http1,
+            http2=self._http2,
+            retries=self._retries,
+            local_address=self._local_address,
+            uds=self._uds,
+            network_backend=self._network_backend,
+            socket_options=self._socket_options,
+        )
 
     def _assign_requests_to_connections(self) -> list[httpcore.AsyncConnectionInterface]:
         closing: list[httpcore.AsyncConnectionInterface] = []
