@@ -5,9 +5,15 @@ Why not `httpx.AsyncHTTPTransport`: profiling same-registry copies (bench/README
 about 40% of the client's CPU in the pool asking each idle connection "is the socket
 readable?" through anyio's extra-attribute machinery (a dict rebuilt per call), and blob
 streams paying one event-loop round and one h11 event per 64 KiB read. This module keeps
-httpcore (pooling, HTTP/1.1 and HTTP/2, TLS) and changes the network backend — the
-liveness check uses the socket cached at connect time (one poller per socket), and reads ask for
-up to 1 MiB — and the pool's request assignment, which httpcore makes quadratic in the pool's
+httpcore (pooling, HTTP/1.1 and HTTP/2) and replaces the network backend with its own sockets
+(``_SocketStream``, TLS in ``_TLSStream``): the cross-registry profile showed anyio's cancel
+scope per read and write, and asyncio 3.11's transport copying the unsent rest of every 1 MiB
+write into its own buffer, as a large share of the CPU per GiB. Reads ask the socket for up to
+1 MiB, writes send the caller's buffer until it is all out, the loop watches a socket only
+while a read or write must wait, and the liveness check uses one cached poller per socket. h11's
+receive buffer hands a body read back as the bytes object the socket returned
+(``_BodyBuffer``, in every HTTP/1.1 connection the pool makes) instead of four copies of it.
+It also replaces the pool's request assignment, which httpcore makes quadratic in the pool's
 size (``_Pool``). The
 verified TLS context is built on first use, so plain-HTTP runs never load a CA bundle.
 
@@ -22,18 +28,21 @@ verified, so no glob or mount pattern can widen that set.
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import functools
 import select
 import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import anyio
 import httpcore
 import httpx
+from h11._receivebuffer import ReceiveBuffer
 
 from .netguard import NetworkGuard, ResolutionFailed
 
@@ -41,6 +50,8 @@ __all__ = ["READ_BYTES", "PoolTransport"]
 
 #: Bytes asked of the socket per read (httpcore asks for 64 KiB).
 READ_BYTES = 1024 * 1024
+
+_T = TypeVar("_T")
 
 
 class _Readable:
@@ -63,6 +74,9 @@ class _Readable:
 
 
 class _Stream(httpcore.AsyncNetworkStream):
+    """Another backend's stream (a test's, or anyio's for Unix sockets) with the cached
+    liveness check and 1 MiB reads."""
+
     def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
         self._inner = inner
         self._socket = inner.get_extra_info("socket")
@@ -91,6 +105,363 @@ class _Stream(httpcore.AsyncNetworkStream):
         if info == "socket":
             return self._socket
         return self._inner.get_extra_info(info)
+
+
+def _wake(waiter: asyncio.Future[bool], ready: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(ready)
+
+
+class _SocketStream(httpcore.AsyncNetworkStream):
+    """A connected non-blocking TCP socket, driven by the event loop's readiness callbacks.
+
+    A read is one ``recv`` of up to ``READ_BYTES`` (asyncio's transports read 256 KiB and
+    queue it); a write sends the caller's buffer itself, through a ``memoryview``, until it
+    is all in the kernel (asyncio 3.11's transport copies every unsent rest into its own
+    buffer). The loop is asked to watch the socket only while a read or write must wait, and
+    a timeout is one timer on that wait: no task, no cancel scope per call.
+    """
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._loop = loop
+        self._readable = _Readable(sock)
+        self._waiters: list[asyncio.Future[bool]] = []
+
+    async def _wait(self, writing: bool, timeout: float | None) -> bool:
+        """Wait until the socket can be read (written); False when ``timeout`` ran out."""
+        loop = self._loop
+        waiter: asyncio.Future[bool] = loop.create_future()
+        if writing:
+            loop.add_writer(self._fd, _wake, waiter, True)
+        else:
+            loop.add_reader(self._fd, _wake, waiter, True)
+        timer = None if timeout is None else loop.call_later(timeout, _wake, waiter, False)
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        finally:
+            self._waiters.remove(waiter)
+            if timer is not None:
+                timer.cancel()
+            if self._fd >= 0:
+                if writing:
+                    loop.remove_writer(self._fd)
+                else:
+                    loop.remove_reader(self._fd)
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        size = max(max_bytes, READ_BYTES)
+        while True:
+            try:
+                return self._sock.recv(size)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
+            if not await self._wait(False, timeout):
+                raise httpcore.ReadTimeout("timed out reading from the registry")
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        deadline = None if timeout is None else self._loop.time() + timeout
+        view = memoryview(buffer)
+        while True:
+            try:
+                sent = self._sock.send(view)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
+            if sent == len(view):
+                return
+            view = view[sent:]
+            left = None if deadline is None else max(deadline - self._loop.time(), 0.0)
+            if not await self._wait(True, left):
+                raise httpcore.WriteTimeout("timed out writing to the registry")
+
+    async def aclose(self) -> None:
+        if self._fd >= 0:
+            # A read or write still waiting (another task's) finds the socket closed.
+            fd, self._fd = self._fd, -1
+            self._loop.remove_reader(fd)
+            self._loop.remove_writer(fd)
+            for waiter in self._waiters:
+                _wake(waiter, True)
+        self._sock.close()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return await _TLSStream.wrap(self, ssl_context, server_hostname, timeout)
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            return self._readable()
+        if info == "socket":
+            return self._sock
+        try:
+            if info == "client_addr":
+                return self._sock.getsockname()
+            if info == "server_addr":
+                return self._sock.getpeername()
+        except OSError:
+            return None
+        return None
+
+
+class _TLSStream(httpcore.AsyncNetworkStream):
+    """TLS over another stream: an ``ssl.SSLObject`` between two memory buffers, the records
+    carried by the stream underneath (so TLS inside TLS works too). A close does not wait for
+    the peer's ``close_notify`` (as httpcore's own backends: an HTTP/1.1 body has its own
+    length), and an end of stream without one reads as the end."""
+
+    def __init__(
+        self,
+        raw: httpcore.AsyncNetworkStream,
+        ssl_object: ssl.SSLObject,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+    ) -> None:
+        self._raw = raw
+        self._ssl = ssl_object
+        self._incoming = incoming
+        self._outgoing = outgoing
+
+    @classmethod
+    async def wrap(
+        cls,
+        raw: httpcore.AsyncNetworkStream,
+        context: ssl.SSLContext,
+        server_hostname: str | None,
+        timeout: float | None,
+    ) -> _TLSStream:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        ssl_object = context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
+        stream = cls(raw, ssl_object, incoming, outgoing)
+        try:
+            await stream._run(ssl_object.do_handshake, timeout)
+        except (httpcore.ReadTimeout, httpcore.WriteTimeout) as exc:
+            await raw.aclose()
+            raise httpcore.ConnectTimeout(f"TLS handshake: {exc}") from exc
+        except (httpcore.NetworkError, ssl.SSLError) as exc:
+            await raw.aclose()
+            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        except BaseException:
+            await raw.aclose()
+            raise
+        return stream
+
+    async def _flush(self, timeout: float | None) -> None:
+        if self._outgoing.pending:
+            await self._raw.write(self._outgoing.read(), timeout)
+
+    async def _run(self, operation: Callable[[], _T], timeout: float | None) -> _T:
+        """Run ``operation`` on the TLS object, carrying records both ways until it is done."""
+        while True:
+            try:
+                result = operation()
+            except ssl.SSLWantReadError:
+                await self._flush(timeout)
+                data = await self._raw.read(READ_BYTES, timeout)
+                if data:
+                    self._incoming.write(data)
+                else:
+                    self._incoming.write_eof()
+                continue
+            await self._flush(timeout)
+            return result
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        size = max(max_bytes, READ_BYTES)
+        try:
+            first = await self._run(functools.partial(self._ssl.read, size), timeout)
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return b""
+        except ssl.SSLError as exc:
+            raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
+        # A record holds at most 16 KiB: take whatever else is already decryptable too.
+        parts = [first]
+        held = len(first)
+        while held < size and (self._ssl.pending() or self._incoming.pending):
+            try:
+                more = self._ssl.read(size - held)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                break
+            except ssl.SSLError as exc:
+                raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
+            if not more:
+                break
+            parts.append(more)
+            held += len(more)
+        return first if len(parts) == 1 else b"".join(parts)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        view = memoryview(buffer)
+        while view:
+            try:
+                written = await self._run(functools.partial(self._ssl.write, view), timeout)
+            except ssl.SSLError as exc:
+                raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
+            view = view[written:]
+
+    async def aclose(self) -> None:
+        await self._raw.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return await _TLSStream.wrap(self, ssl_context, server_hostname, timeout)
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "ssl_object":
+            return self._ssl
+        if info == "is_readable":
+            return bool(self._ssl.pending()) or self._raw.get_extra_info("is_readable")
+        return self._raw.get_extra_info(info)
+
+
+async def _connect(
+    address: str,
+    port: int,
+    timeout: float | None,
+    local_address: str | None,
+    socket_options: Iterable[Any] | None,
+) -> _SocketStream:
+    """A TCP connection to ``address`` (an IP address, already vetted) as a ``_SocketStream``."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for option in socket_options or ():
+            sock.setsockopt(*option)
+        if local_address:
+            sock.bind((local_address, 0))
+        async with asyncio.timeout(timeout):
+            await loop.sock_connect(sock, (address, port))
+    except TimeoutError:
+        sock.close()
+        raise httpcore.ConnectTimeout(f"connecting to {address}:{port} timed out") from None
+    except OSError as exc:
+        sock.close()
+        raise httpcore.ConnectError(str(exc) or type(exc).__name__) from None
+    except BaseException:
+        sock.close()
+        raise
+    return _SocketStream(sock, loop)
+
+
+class _BodyBuffer(ReceiveBuffer):
+    """h11's receive buffer, except that a network read arriving while the buffer is empty
+    is kept as the bytes object it is, and a body read that takes all of it gets that very
+    object back: h11 otherwise copies each read into its buffer, out of it twice, and
+    httpcore once more (``bytes(event.data)``), four copies of every blob byte downloaded.
+    Anything else (status line, headers, a read that only partly belongs to the body) first
+    moves the kept read into the buffer and is h11's own code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._whole: bytes | None = None
+
+    def _settle(self) -> None:
+        if self._whole is not None:
+            whole, self._whole = self._whole, None
+            super().__iadd__(whole)
+
+    def __iadd__(self, byteslike: bytes | bytearray) -> _BodyBuffer:
+        if self._whole is None and not self._data and type(byteslike) is bytes:
+            self._whole = byteslike
+        else:
+            self._settle()
+            super().__iadd__(byteslike)
+        return self
+
+    def __len__(self) -> int:
+        return len(self._data) + (0 if self._whole is None else len(self._whole))
+
+    def __bytes__(self) -> bytes:
+        self._settle()
+        return super().__bytes__()
+
+    def maybe_extract_at_most(self, count: int) -> bytearray | None:
+        whole = self._whole
+        if whole is not None and count >= len(whole):
+            self._whole = None
+            # h11 and httpcore only read the body's bytes (``Data.data``, ``bytes()`` of it).
+            return cast(bytearray, whole)
+        self._settle()
+        return super().maybe_extract_at_most(count)
+
+    def maybe_extract_next_line(self) -> bytearray | None:
+        self._settle()
+        return super().maybe_extract_next_line()
+
+    def maybe_extract_lines(self) -> list[bytearray] | None:
+        self._settle()
+        return super().maybe_extract_lines()
+
+    def is_next_line_obviously_invalid_request_line(self) -> bool:
+        self._settle()
+        return super().is_next_line_obviously_invalid_request_line()
+
+
+class _HTTP11Connection(httpcore.AsyncHTTP11Connection):
+    """httpcore's HTTP/1.1 connection with ``_BodyBuffer`` as h11's receive buffer."""
+
+    def __init__(
+        self,
+        origin: httpcore.Origin,
+        stream: httpcore.AsyncNetworkStream,
+        keepalive_expiry: float | None = None,
+    ) -> None:
+        super().__init__(origin, stream, keepalive_expiry)
+        state = self._h11_state
+        if type(state._receive_buffer) is ReceiveBuffer and not state._receive_buffer:
+            state._receive_buffer = _BodyBuffer()
+
+
+class _Connection(httpcore.AsyncHTTPConnection):
+    """httpcore's connection to one origin, speaking HTTP/1.1 through ``_HTTP11Connection``.
+
+    httpcore makes the protocol's connection on the first request, after connecting; this
+    makes it the same way (HTTP/2 when ALPN chose it or only HTTP/2 is allowed), then lets
+    httpcore carry on with a connection already there.
+    """
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        if self._connection is None and self.can_handle_request(request.url.origin):
+            try:
+                async with self._request_lock:
+                    if self._connection is None:
+                        stream = await self._connect(request)
+                        ssl_object = stream.get_extra_info("ssl_object")
+                        alpn = ssl_object.selected_alpn_protocol() if ssl_object else None
+                        if alpn == "h2" or (self._http2 and not self._http1):
+                            self._connection = httpcore.AsyncHTTP2Connection(
+                                origin=self._origin,
+                                stream=stream,
+                                keepalive_expiry=self._keepalive_expiry,
+                            )
+                        else:
+                            self._connection = _HTTP11Connection(
+                                self._origin, stream, self._keepalive_expiry
+                            )
+            except BaseException:
+                self._connect_failed = True
+                raise
+        return await super().handle_async_request(request)
 
 
 class _Pool(httpcore.AsyncConnectionPool):
@@ -140,9 +511,24 @@ class _Pool(httpcore.AsyncConnectionPool):
             pool_request.assign_to_connection(chosen)
         return closing
 
+    def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
+        return _Connection(
+            origin=origin,
+            ssl_context=self._ssl_context,
+            keepalive_expiry=self._keepalive_expiry,
+            http1=self._http1,
+            http2=self._http2,
+            retries=self._retries,
+            local_address=self._local_address,
+            uds=self._uds,
+            network_backend=self._network_backend,
+            socket_options=self._socket_options,
+        )
+
 
 class _Backend(httpcore.AsyncNetworkBackend):
-    """anyio's backend behind the network guard: connects only to vetted addresses.
+    """The network behind the guard: connects only to vetted addresses, over our own
+    sockets (``_SocketStream``, ``_TLSStream``).
 
     ``inner`` is replaced by tests that must see which addresses would be connected to
     without any packet leaving the host.
@@ -152,7 +538,7 @@ class _Backend(httpcore.AsyncNetworkBackend):
         self, guard: NetworkGuard, inner: httpcore.AsyncNetworkBackend | None = None
     ) -> None:
         self._guard = guard
-        self._inner = inner or httpcore.AnyIOBackend()
+        self._inner = inner
 
     async def connect_tcp(
         self,
@@ -176,6 +562,8 @@ class _Backend(httpcore.AsyncNetworkBackend):
         for address in addresses:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
+                if self._inner is None:
+                    return await _connect(address, port, left, local_address, socket_options)
                 stream = await self._inner.connect_tcp(
                     address, port, left, local_address, socket_options
                 )
@@ -192,10 +580,14 @@ class _Backend(httpcore.AsyncNetworkBackend):
         timeout: float | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:  # pragma: no cover - registries are reached over TCP
-        return _Stream(await self._inner.connect_unix_socket(path, timeout, socket_options))
+        inner = self._inner or httpcore.AnyIOBackend()
+        return _Stream(await inner.connect_unix_socket(path, timeout, socket_options))
 
     async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+        if self._inner is None:
+            await asyncio.sleep(seconds)
+        else:
+            await self._inner.sleep(seconds)
 
 
 @contextmanager

@@ -550,29 +550,26 @@ class RepositoryClient:
         """The blob's bytes, verified against ``desc``: the last chunk is held back until
         the digest and size check out, so a corrupt blob never completes an upload."""
         verifier = DigestVerifier(desc.digest, desc.size)
-        loop = asyncio.get_running_loop()
-        # Network reads (up to 256 KiB from asyncio) are joined into pieces of about
-        # BLOB_PIECE_BYTES: each piece costs one pass through the upload's HTTP stack instead
-        # of one per read. A piece is hashed in a worker thread (hashlib releases the GIL)
-        # while the piece before it is written to the destination and the next one arrives,
-        # one at a time and in order; a piece is passed on only once it is counted and hashed.
+        # Network reads are hashed as they arrive, on the loop, while still in the CPU's
+        # cache, and joined into pieces of about BLOB_PIECE_BYTES: each piece costs one pass
+        # through the upload's HTTP stack instead of one per read. (Hashing in a worker
+        # thread cost more CPU than it moved off the loop: a thread wake-up and GIL hand-offs
+        # per piece, about 0.3 s per GiB of a cross-registry copy.) A piece is passed on only
+        # once it is counted and hashed.
         parts: list[bytes] = []
         held = 0
         pending: bytes | None = None
-        hashing: asyncio.Future[None] | None = None
         try:
             async with self._open_blob(desc.digest) as response:
                 async for chunk in response.aiter_bytes():
                     verifier.count(len(chunk))
+                    verifier.hash(chunk)
                     parts.append(chunk)
                     held += len(chunk)
                     if held < BLOB_PIECE_BYTES:
                         continue
                     piece = parts[0] if len(parts) == 1 else b"".join(parts)
                     parts, held = [], 0
-                    if hashing is not None:
-                        await hashing
-                    hashing = loop.run_in_executor(None, verifier.hash, piece)
                     if pending is not None:
                         yield pending
                         if on_bytes is not None:
@@ -584,10 +581,7 @@ class RepositoryClient:
                 "read blob",
                 f"reading blob {desc.digest} from {self.registry} failed: {_short(exc)}",
             ) from None
-        if hashing is not None:
-            await hashing
         rest = b"".join(parts)
-        verifier.hash(rest)
         try:
             verifier.verify()
         except DigestMismatch as exc:
