@@ -46,7 +46,14 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
     host = args.host
     sources = {"index": f"{host}/src/multi:v1", "single": f"{host}/src/app:v1"}
     results: dict[str, list[dict[str, float]]] = {name: [] for name in IMAGES}
-    profiler = cProfile.Profile(time.process_time) if args.profile else None
+    profiler: Any = None
+    if args.profile and args.profile.endswith(".txt"):
+        from pyinstrument import Profiler
+
+        # sampled (not traced): shares without cProfile's per-call overhead
+        profiler = Profiler(interval=0.0002, async_mode="disabled")
+    elif args.profile:
+        profiler = cProfile.Profile(time.process_time)
     async with RegistryPool(TransportSettings(plain_http=frozenset([host]))) as pool:
         copier = Copier(pool)
         for name in IMAGES:
@@ -59,16 +66,19 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
                 src = Reference.parse(sources[name])
                 dst = Reference.parse(f"{host}/rq/{args.tag}/{name}-{n}:v1")
                 if profiler is not None and name == "index":
-                    profiler.enable()
+                    profiler.start() if hasattr(profiler, "start") else profiler.enable()
                 c0 = time.process_time()
                 report = await copier.copy(src, dst, CopyOptions())
                 cpu = time.process_time() - c0
-                if profiler is not None:
-                    profiler.disable()
+                if profiler is not None and name == "index":
+                    profiler.stop() if hasattr(profiler, "start") else profiler.disable()
                 if report.destination_digest is None:
                     raise RuntimeError(f"copy of {name} failed: {report.outcome}")
                 results[name].append({"cpu_ms": cpu * 1000, "requests": report.requests})
-    if profiler is not None:
+    if profiler is not None and hasattr(profiler, "start"):
+        text = profiler.output_text(unicode=False, color=False, show_all=True)
+        Path(args.profile).write_text(text)
+    elif profiler is not None:
         profiler.dump_stats(args.profile)
     return results
 
@@ -92,7 +102,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--copies", type=int, default=8, help="copies of each image per worker")
     ap.add_argument("--delay-ms", type=float, default=10.0, help="per direction; 0: no proxy")
-    ap.add_argument("--profile", help="cProfile the index copies of one worker into this file")
+    ap.add_argument(
+        "--profile",
+        help="profile the index copies of the first worker into this file: pyinstrument's "
+        "text report when it ends in .txt, else cProfile stats (CPU time)",
+    )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--host", help=argparse.SUPPRESS)
     ap.add_argument("--tag", default="w", help=argparse.SUPPRESS)
