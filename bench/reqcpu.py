@@ -3,7 +3,7 @@
 Wall times on the shared machine are noise; the CPU the copying process itself spends
 (``time.process_time``: user + system of this process, never the registry's or the proxy's)
 per copy and per request is not. The driver starts one registry (and, by default, the 20 ms
-RTT proxy of ``bench.run``), pushes the ``same-registry-index`` image (4 platforms × 8
+RTT proxy of ``bench.run``), pushes the ``same-registry-index`` image (4 platforms x 8
 layers) and the ``same-registry`` image (20 layers), then runs worker processes, alternating
 between the trees given with ``--tree`` (round robin, ``--rounds`` times). A worker imports
 ``imagecopy`` from its tree (``PYTHONPATH=<tree>/operator``), builds one ``RegistryPool`` and
@@ -120,7 +120,9 @@ def main() -> None:
     from testkit.images import push_image, push_index
     from testkit.registry import RegistryServer
 
-    trees = [(label, Path(path).resolve()) for label, _, path in (t.partition("=") for t in args.tree)]
+    trees = [
+        (label, Path(path).resolve()) for label, _, path in (t.partition("=") for t in args.tree)
+    ]
     trees = trees or [("here", REPO_ROOT)]
     work = Path(tempfile.mkdtemp(prefix="imagecopy-reqcpu-"))
     reg = RegistryServer(impl="v2", workdir=work / "reg").start()
@@ -154,9 +156,13 @@ def main() -> None:
                 load = os.getloadavg()[0]
                 cpus = [round(s["cpu_ms"]) for s in got["index"]]
                 print(f"round {r} {label}: index cpu ms {cpus} (load {load:.1f})", flush=True)
-        print(f"\nmedians over {args.rounds} rounds x {args.copies} copies (load now "
-              f"{os.getloadavg()[0]:.1f}):")
-        print(f"{'tree':<10} {'image':<7} {'requests':>8} {'cpu ms/copy':>12} {'cpu ms/request':>15}")
+        print(
+            f"\nmedians over {args.rounds} rounds x {args.copies} copies (load now "
+            f"{os.getloadavg()[0]:.1f}):"
+        )
+        print(
+            f"{'tree':<10} {'image':<7} {'requests':>8} {'cpu ms/copy':>12} {'cpu ms/request':>15}"
+        )
         for label, _ in trees:
             for name in IMAGES:
                 rows = samples[label][name]

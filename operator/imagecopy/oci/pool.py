@@ -70,7 +70,6 @@ _HEADERS = {
     "Connection": "keep-alive",
     "User-Agent": USER_AGENT,
 }
-_HEADER_NAMES = {name.lower(): name for name in _HEADERS}
 
 
 class _NoCookies(http.cookiejar.CookiePolicy):
@@ -93,6 +92,7 @@ class _NoCookies(http.cookiejar.CookiePolicy):
 
     def path_return_ok(self, path: str, request: Any) -> bool:
         return False
+
 
 #: Called with ``(registry, method, code)`` for every request, e.g. a Prometheus counter.
 RequestListener = Callable[[str, str, str], None]
@@ -230,15 +230,17 @@ class RegistryPool:
     ) -> httpx.Request:
         """What ``http.build_request`` would build (the same headers, URL, body and
         timeout), with the URL parsed once and no header or cookie merging."""
-        merged = _HEADERS
+        merged: Mapping[str, str] | list[tuple[str, str]] = _HEADERS
         if headers:
-            merged = dict(_HEADERS)
-            for name, value in headers.items():
-                merged[_HEADER_NAMES.get(name.lower(), name)] = value
-        if params and isinstance(url, str):
-            # httpx would parse the URL, then parse it again with the query merged in; the
-            # query is encoded as httpx encodes it (urlencode).
-            url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
+            # As httpx merges them: a request's header replaces the default of that name and
+            # goes after the defaults, as written.
+            own = {name.lower() for name in headers}
+            merged = [(k, v) for k, v in _HEADERS.items() if k.lower() not in own]
+            merged.extend(headers.items())
+        if params and isinstance(url, str) and "?" not in url:
+            # httpx would parse the URL, then parse it again with the query added; the query
+            # is encoded as httpx encodes it (urlencode).
+            url = f"{url}?{urlencode(params)}"
             params = None
         extensions["timeout"] = self.timeout
         return httpx.Request(
