@@ -8,6 +8,7 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator
 
+import httpcore
 import httpx
 import pytest
 
@@ -94,3 +95,30 @@ async def test_a_connection_the_server_closed_is_not_reused(server: KeepAliveSer
         second = await client.get(server.url)
     assert first.status_code == second.status_code == 200
     assert server.connections == 2
+
+
+async def test_a_wave_on_idle_connections_gives_each_request_its_own(
+    server: KeepAliveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests arriving together while connections are idle: none is handed a connection
+    another request already holds, so none has to go round the pool again (httpcore's
+    ``ConnectionNotAvailable`` → ``clear_connection``), and none waits for one."""
+    cleared = 0
+    clear = httpcore._async.connection_pool.AsyncPoolRequest.clear_connection
+
+    def counting_clear(self: httpcore._async.connection_pool.AsyncPoolRequest) -> None:
+        nonlocal cleared
+        cleared += 1
+        clear(self)
+
+    monkeypatch.setattr(
+        httpcore._async.connection_pool.AsyncPoolRequest, "clear_connection", counting_clear
+    )
+    async with _client(max_connections=16) as client:
+        first = await asyncio.gather(*(client.get(server.url) for _ in range(16)))
+        assert server.connections == 16
+        # All 16 idle now: a second wave of 16 reuses them, one each.
+        again = await asyncio.gather(*(client.get(server.url) for _ in range(16)))
+    assert [a.status_code for a in (*first, *again)] == [200] * 32
+    assert server.connections == 16 and server.most_open == 16
+    assert cleared == 0

@@ -478,17 +478,36 @@ class _Pool(httpcore.AsyncConnectionPool):
     expiry (keep-alive time, or closed by the server) only when the walk reaches it. The
     keep-alive limit is the connection limit here (``PoolTransport``), so it never closes a
     connection on its own.
+
+    An HTTP/1.1 connection handed to a request stays idle, so "available", until that request
+    starts on it; httpcore hands it to every request queued meanwhile, and all but one of them
+    find it taken (``ConnectionNotAvailable``) and go round the pool again: about four extra
+    passes per request in a wave of mounts. Here a connection held by a request is not
+    offered to another (HTTP/1.1; an HTTP/2 connection takes many). With no request queued
+    there is nothing to assign; closed connections are dropped as a walk reaches them.
     """
 
     def _assign_requests_to_connections(self) -> list[httpcore.AsyncConnectionInterface]:
         closing: list[httpcore.AsyncConnectionInterface] = []
-        live = [connection for connection in self._connections if not connection.is_closed()]
-        self._connections = live
-        for pool_request in [request for request in self._requests if request.is_queued()]:
+        queued = [request for request in self._requests if request.is_queued()]
+        if not queued:
+            return closing
+        live = self._connections
+        held: set[httpcore.AsyncConnectionInterface] = set()
+        if not self._http2:
+            held = {r.connection for r in self._requests if r.connection is not None}
+        for pool_request in queued:
             origin = pool_request.request.url.origin
             idle: httpcore.AsyncConnectionInterface | None = None
             chosen: httpcore.AsyncConnectionInterface | None = None
             for connection in list(live):
+                if connection.is_closed():
+                    # Dropped when the walk reaches it: a walk that finds no fit has seen
+                    # every connection, so the count below never includes a closed one.
+                    live.remove(connection)
+                    continue
+                if connection in held:
+                    continue
                 if connection.is_idle() and connection.has_expired():
                     # Asked only of a connection about to be reused or replaced, not of
                     # every idle one on every request (a poll each).
@@ -509,6 +528,8 @@ class _Pool(httpcore.AsyncConnectionPool):
                 chosen = self.create_connection(origin)
                 live.append(chosen)
             pool_request.assign_to_connection(chosen)
+            if not self._http2:
+                held.add(chosen)
         return closing
 
     def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:

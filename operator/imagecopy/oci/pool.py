@@ -6,14 +6,26 @@ network guard in the connection layer), and the auth caches (challenges
 per registry, bearer tokens per registry *and credential*). A `Session` binds one copy's
 credentials, request counter and retry budget to the pool and hands out
 `RepositoryClient`s (``oci.repository``).
+
+Registry requests do not go through ``httpx.AsyncClient.send``: the pool builds each
+``httpx.Request`` itself (the client's headers and timeout merged once, the URL parsed once)
+and ``RegistryPool.send`` answers the auth flow over the transport stack directly. That is
+``AsyncClient.send`` less what a registry request never needs and every request paid for
+(bench/README.md: client CPU per request): cookie persistence, event hooks, the redirect
+bookkeeping of a request that follows none, the timing wrapper around each body. Requests
+that follow redirects (blob HEAD and GET) and token requests still use ``pool.http``, whose
+cookie jar stores nothing, so no registry request carries a cookie either way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextvars import ContextVar
+from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
@@ -50,6 +62,38 @@ __all__ = ["RegistryPool", "RequestListener", "Session", "TransportSettings"]
 
 USER_AGENT = "imagecopy/0.1"
 
+#: Headers of every request (httpx's client defaults, with ours): identity, because a
+#: compressed answer could inflate past any read bound (oci.bounds).
+_HEADERS = {
+    "Accept": "*/*",
+    "Accept-Encoding": "identity",
+    "Connection": "keep-alive",
+    "User-Agent": USER_AGENT,
+}
+
+
+class _NoCookies(http.cookiejar.CookiePolicy):
+    """Stores no cookie and sends none: registry clients keep no cookies (nor do docker,
+    containerd or go-containerregistry), and a jar would be one more thing a registry's
+    answer could plant into later requests."""
+
+    netscape = True
+    rfc2965 = False
+    hide_cookie2 = False
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def domain_return_ok(self, domain: str, request: Any) -> bool:
+        return False
+
+    def path_return_ok(self, path: str, request: Any) -> bool:
+        return False
+
+
 #: Called with ``(registry, method, code)`` for every request, e.g. a Prometheus counter.
 RequestListener = Callable[[str, str, str], None]
 
@@ -71,6 +115,25 @@ def _budget_for(request: httpx.Request) -> RetryBudget | None:
     if budget is None and (session := _CURRENT.get()) is not None:
         return session.budget
     return budget
+
+
+#: Bytes of an answer the auth flow replaces with another request (a 401) read so that its
+#: connection can be reused; past this the connection is dropped instead.
+MAX_AUTH_BODY_BYTES = 64 * 1024
+
+
+async def _drain(response: httpx.Response) -> None:
+    """Read what is left of ``response``'s body, at most ``MAX_AUTH_BODY_BYTES``, and close
+    it (an unfinished answer closes its connection instead of returning it to the pool)."""
+    seen = 0
+    try:
+        if not response.is_stream_consumed:
+            async for chunk in response.aiter_raw():
+                seen += len(chunk)
+                if seen > MAX_AUTH_BODY_BYTES:
+                    break
+    finally:
+        await response.aclose()
 
 
 class RegistryPool:
@@ -113,13 +176,20 @@ class RegistryPool:
             guard=self.guard,
             skip_verify=self.settings.egress.skips_verification,
         )
+        timeout = httpx.Timeout(self.settings.timeout, connect=self.settings.connect_timeout)
+        #: The ``timeout`` extension of every request the pool builds.
+        self.timeout = timeout.as_dict()
+        #: The transport stack every request goes through, ``http``'s and ``send``'s alike.
+        self.transport = self._stack(network)
+        #: For token requests and requests that follow redirects.
         self.http = httpx.AsyncClient(
-            transport=self._stack(network),
-            timeout=httpx.Timeout(self.settings.timeout, connect=self.settings.connect_timeout),
-            # identity: a compressed answer could inflate past any read bound (oci.bounds).
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+            transport=self.transport,
+            timeout=timeout,
+            headers=_HEADERS,
+            cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
             follow_redirects=False,
         )
+        self._closed = False
         #: Auth challenges seen per registry (not secret), shared by every session.
         self.challenges = ChallengeCache()
         #: Bearer tokens per registry and credential, shared by sessions of one credential.
@@ -148,9 +218,73 @@ class RegistryPool:
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
 
+    def build_request(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | AsyncIterator[bytes] | None = None,
+        params: Mapping[str, str] | None = None,
+        extensions: dict[str, Any],
+    ) -> httpx.Request:
+        """What ``http.build_request`` would build (the same headers, URL, body and
+        timeout), with the URL parsed once and no header or cookie merging."""
+        merged: Mapping[str, str] | list[tuple[str, str]] = _HEADERS
+        if headers:
+            # As httpx merges them: a request's header replaces the default of that name and
+            # goes after the defaults, as written.
+            own = {name.lower() for name in headers}
+            merged = [(k, v) for k, v in _HEADERS.items() if k.lower() not in own]
+            merged.extend(headers.items())
+        if params and isinstance(url, str) and "?" not in url:
+            # httpx would parse the URL, then parse it again with the query added; the query
+            # is encoded as httpx encodes it (urlencode).
+            url = f"{url}?{urlencode(params)}"
+            params = None
+        extensions["timeout"] = self.timeout
+        return httpx.Request(
+            method, url, params=params, headers=merged, content=content, extensions=extensions
+        )
+
+    async def send(
+        self, request: httpx.Request, auth: httpx.Auth, *, stream: bool = False
+    ) -> httpx.Response:
+        """Send ``request`` through the transport stack, following no redirect, answering
+        ``auth``'s flow as ``httpx.AsyncClient.send`` does (a response the flow answers with
+        another request is read, at most ``MAX_AUTH_BODY_BYTES``, and closed)."""
+        if self._closed:
+            raise RuntimeError("the registry pool is closed")
+        request.extensions.setdefault("timeout", self.timeout)
+        flow = auth.async_auth_flow(request)
+        try:
+            request = await flow.__anext__()
+            while True:
+                response = await self.transport.handle_async_request(request)
+                response.request = request
+                try:
+                    try:
+                        request = await flow.asend(response)
+                    except StopAsyncIteration:
+                        break
+                    await _drain(response)
+                except BaseException:
+                    await response.aclose()
+                    raise
+        finally:
+            await flow.aclose()
+        if not stream:
+            try:
+                await response.aread()
+            except BaseException:
+                await response.aclose()
+                raise
+        return response
+
     async def aclose(self) -> None:
         if self._cleanups:
             await asyncio.wait(set(self._cleanups))
+        self._closed = True
         await self.http.aclose()
 
     async def __aenter__(self) -> RegistryPool:
@@ -214,13 +348,8 @@ class Session:
             extensions[OPTIONAL_SCOPES] = optional_scopes
         if mount_source:
             extensions[MOUNT_SOURCE] = mount_source
-        return self.pool.http.build_request(
-            method,
-            url,
-            headers=headers,
-            content=content,
-            params=params,
-            extensions=extensions,
+        return self.pool.build_request(
+            method, url, headers=headers, content=content, params=params, extensions=extensions
         )
 
     async def send(
@@ -235,11 +364,10 @@ class Session:
         the way count for this copy too."""
         entered = _CURRENT.set(self)
         try:
+            if not follow_redirects:
+                return await self.pool.send(request, self.auth(registry), stream=stream)
             return await self.pool.http.send(
-                request,
-                auth=self.auth(registry),
-                stream=stream,
-                follow_redirects=follow_redirects,
+                request, auth=self.auth(registry), stream=stream, follow_redirects=True
             )
         finally:
             _CURRENT.reset(entered)

@@ -36,6 +36,9 @@ from imagecopy.oci.auth.challenge import (
     usable_challenge,
 )
 from imagecopy.oci.auth.scopes import (
+    MOUNT_SOURCE,
+    OPTIONAL_SCOPES,
+    SCOPES,
     Grant,
     OptionalScopes,
     drop_grants,
@@ -73,6 +76,9 @@ CLIENT_ID = "imagecopy"
 MAX_TOKEN_RESPONSE_BYTES = 64 * 1024
 
 _OPERATION = "token request"
+
+#: Entries per flow of the memos below (a copy asks for a handful of scope sets and origins).
+_MEMO_ENTRIES = 256
 
 
 class _Sent(enum.Enum):
@@ -130,6 +136,13 @@ class RegistryAuth(httpx.Auth):
         # request with the same needs asks for them up front instead of paying a 401.
         self._learned: dict[frozenset[Grant], tuple[str, ...]] = {}
         self._refresh_token = credential.identity_token
+        # Per-request work that depends only on what the request names, done once: whether
+        # an origin is the registry's, and the scopes a request's extensions ask for.
+        self._origins: dict[tuple[bytes, bytes, int | None], bool] = {}
+        self._needs: dict[
+            tuple[object, object, object], tuple[tuple[str, ...], frozenset[Grant], OptionalScopes]
+        ] = {}
+        self._keys: dict[tuple[str, ...], TokenKey] = {}
         #: Token requests this flow made (not those served by the shared cache), for tests
         #: and diagnostics.
         self.token_requests = 0
@@ -155,9 +168,8 @@ class RegistryAuth(httpx.Auth):
         if not self._targets_registry(request.url):
             yield request
             return
-        extra, optional = optional_scopes(request)
-        requested = merge_scopes(scopes_for_request(request), extra)
-        needed = self._learned.get(grants(requested), requested)
+        requested, requested_grants, optional = self._scopes_of(request)
+        needed = self._learned.get(requested_grants, requested)
         sent = await self._authorize(request, needed, optional)
         response = yield request
         if response.status_code != 401 or not self._targets_registry(response.request.url):
@@ -180,7 +192,7 @@ class RegistryAuth(httpx.Auth):
             return
         scopes = merge_scopes(needed, challenge.scopes)
         if grants(scopes) != grants(needed):
-            self._learned[grants(requested)] = scopes
+            self._learned[requested_grants] = scopes
         # What was asked for, less the optional scopes known to be refused.
         key = self._key(self._usable(scopes, optional) if optional.optional else scopes)
         if isinstance(sent, Token) and key.grants <= sent.grants:
@@ -194,10 +206,47 @@ class RegistryAuth(httpx.Auth):
 
     def _targets_registry(self, url: httpx.URL) -> bool:
         """Whether ``url`` is on the registry's origin: the only requests given credentials."""
-        return Origin.of(url) == self._origin
+        raw = (url.raw_scheme, url.raw_host, url.port)
+        known = self._origins.get(raw)
+        if known is None:
+            known = Origin.of(url) == self._origin
+            if len(self._origins) < _MEMO_ENTRIES:
+                self._origins[raw] = known
+        return known
+
+    def _scopes_of(
+        self, request: httpx.Request
+    ) -> tuple[tuple[str, ...], frozenset[Grant], OptionalScopes]:
+        """The scopes ``request`` asks for (its own and the optional ones, merged), their
+        grants, and what of them is optional; remembered per explicit scope set (a request
+        without one has its scopes inferred from its path, each time)."""
+        ext = request.extensions
+        explicit = ext.get(SCOPES)
+        key = (explicit, ext.get(OPTIONAL_SCOPES), ext.get(MOUNT_SOURCE))
+        cacheable = explicit is not None and all(
+            value is None or isinstance(value, str | tuple) for value in key
+        )
+        found = None
+        if cacheable:
+            try:
+                found = self._needs.get(key)
+            except TypeError:  # a tuple of something unhashable: not remembered
+                cacheable = False
+        if found is None:
+            extra, optional = optional_scopes(request)
+            requested = merge_scopes(scopes_for_request(request), extra)
+            found = (requested, grants(requested), optional)
+            if cacheable and len(self._needs) < _MEMO_ENTRIES:
+                self._needs[key] = found
+        return found
 
     def _key(self, scopes: tuple[str, ...]) -> TokenKey:
-        return TokenKey(self.registry, self._credential_key, grants(scopes))
+        key = self._keys.get(scopes)
+        if key is None:
+            key = TokenKey(self.registry, self._credential_key, grants(scopes))
+            if len(self._keys) < _MEMO_ENTRIES:
+                self._keys[scopes] = key
+        return key
 
     def _basic_header(self) -> str:
         cred = self._credential
