@@ -135,7 +135,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
     logger.info(
         "imagecopy operator started: allowedRegistries=%s plainHttpRegistries=%s "
         "insecureRegistries=%s blockedNetworks=%s maxConcurrentCopies=%d "
-        "maxCopiesPerNamespace=%d blobConcurrency=%d stalledRetry=%ss "
+        "maxCopiesPerNamespace=%d maxCopiesInFlight=%d blobConcurrency=%d stalledRetry=%ss "
         "copyTimeout=%s stallTimeout=%s connectTimeout=%s readTimeout=%s metricsPort=%d "
         "peeringLifetime=%ds",
         ",".join(config.allowed_registries),
@@ -144,6 +144,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
         ",".join(config.blocked_networks) or "none",
         config.max_concurrent_copies,
         config.namespace_copy_slots,
+        config.copies_in_flight,
         config.blob_concurrency,
         config.stalled_retry,
         format_duration(config.copy_timeout),
