@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -118,6 +119,21 @@ def count_kinds(events: list[dict[str, Any]]) -> dict[str, int]:
     for e in events:
         kinds[kind_of(e)] = kinds.get(kind_of(e), 0) + 1
     return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+
+
+def copy_durations(log: str) -> dict[str, float]:
+    """Median, p90 and longest ``duration=`` of the operator's ``copy outcome`` lines."""
+    values = sorted(
+        float(match.group(1))
+        for match in re.finditer(r"copy outcome=copied .*? duration=([0-9.]+)s", log, re.IGNORECASE)
+    )
+    if not values:
+        return {}
+    return {
+        "copy_s_median": round(values[len(values) // 2], 2),
+        "copy_s_p90": round(values[min(len(values) - 1, int(len(values) * 0.9))], 2),
+        "copy_s_max": round(values[-1], 2),
+    }
 
 
 def parse_runs(text: str) -> list[tuple[int, int]]:
@@ -231,6 +247,7 @@ def run_size(
                 bulk_api_kinds=count_kinds(bulk),
                 load_after_bulk=round(os.getloadavg()[0], 1),
             )
+            result.update(copy_durations(operator.logs()))
             if profile and profile_raw.exists():
                 result["profile"] = summarize(profile_raw.read_text())
 
@@ -306,6 +323,8 @@ def write_report(results: list[dict[str, Any]], out: Path, meta: dict[str, Any])
         ("all Ready after the last was created (s)", "ready_after_last_created_s"),
         ("objects Ready per s", "ready_per_s"),
         ("operator CPU share of one core in the bulk phase", "bulk_cpu_share"),
+        ("one copy's duration, median (s)", "copy_s_median"),
+        ("one copy's duration, p90 (s)", "copy_s_p90"),
         ("1-minute load average when all were Ready", "load_after_bulk"),
         ("peak RSS (MiB)", "peak_rss_mib"),
         ("RSS per object above the idle operator (KiB)", "rss_kib_per_object"),
