@@ -156,6 +156,7 @@ def run_size(
     *,
     profile: bool = False,
     verbose: bool = False,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     from kubernetes import client
 
@@ -179,7 +180,7 @@ def run_size(
         )
         operator = OperatorProcess(
             plane,
-            {"IMAGECOPY_PROGRESS_INTERVAL": "10s"},
+            {"IMAGECOPY_PROGRESS_INTERVAL": "10s", **(env or {})},
             kubeconfig=kubeconfig,
             kopf_options=("--standalone", *(f"--namespace={ns}" for ns in names)),
             log_path=workdir / f"operator-{run}.log",
@@ -339,7 +340,13 @@ def write_report(results: list[dict[str, Any]], out: Path, meta: dict[str, Any])
         f"Run {meta['date']} on {meta['machine']} ({meta['cpus']} cores, shared with the API "
         f"server, etcd, the registry and other sessions' work); `bench/scale.py` (method in its "
         f"docstring). Same-registry copies of one 4-blob image (every blob mounted), `interval: "
-        f"{meta['interval']}s`, default operator settings, info-level logs; commit "
+        f"{meta['interval']}s`, "
+        + (
+            f"settings `{' '.join(meta['env'])}`"
+            if meta.get("env")
+            else "default operator settings"
+        )
+        + f", info-level logs; commit "
         f"{meta['commit']}; 1-minute load average {meta['load']}. The first rows do not "
         "depend on the machine's load; the times do.",
         "",
@@ -375,6 +382,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=int, default=60, help="spec.interval in seconds")
     parser.add_argument("--profile", action="store_true", help="py-spy the bulk phase")
     parser.add_argument("--verbose", action="store_true", help="Kopf's debug-level logs")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an operator setting for every run (repeatable), e.g. IMAGECOPY_MAX_COPIES_IN_FLIGHT=8",
+    )
     parser.add_argument("--out", type=Path, default=BENCH)
     parser.add_argument(
         "--report-only",
@@ -407,19 +421,24 @@ def main(argv: list[str] | None = None) -> int:
                     workdir,
                     profile=args.profile,
                     verbose=args.verbose,
+                    env=dict(item.split("=", 1) for item in args.env),
                 )
                 print(json.dumps(result), file=sys.stderr, flush=True)
                 results.append(result)
                 # Written after every run, so a long run's first results are kept.
-                write_report(results, args.out, _meta(args.interval, load_before, workdir))
+                write_report(
+                    results, args.out, _meta(args.interval, load_before, workdir, args.env)
+                )
         finally:
             registry.stop()
-    write_report(results, args.out, _meta(args.interval, load_before, workdir))
+    write_report(results, args.out, _meta(args.interval, load_before, workdir, args.env))
     print(f"wrote {args.out / 'scale.md'}; operator logs in {workdir}", file=sys.stderr)
     return 0
 
 
-def _meta(interval: int, load_before: float, workdir: Path) -> dict[str, Any]:
+def _meta(
+    interval: int, load_before: float, workdir: Path, env: list[str] | None = None
+) -> dict[str, Any]:
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": platform.machine(),
@@ -430,6 +449,7 @@ def _meta(interval: int, load_before: float, workdir: Path) -> dict[str, Any]:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
         ).stdout.strip(),
         "logs": str(workdir),
+        "env": env,
     }
 
 
