@@ -576,10 +576,10 @@ def test_deadline_and_fairness_settings_have_documented_defaults() -> None:
     assert settings.max_copies_per_namespace is None
     assert settings.namespace_copy_slots == 3  # of the default 4
     assert Settings(max_concurrent_copies=1).namespace_copy_slots == 1
-    # Copies in flight: 32, one namespace all but the copy slots' reserve of one.
-    assert (settings.copies_in_flight, settings.namespace_copies_in_flight) == (32, 31)
+    # Copies in flight: 8, one namespace all but the copy slots' reserve of one.
+    assert (settings.copies_in_flight, settings.namespace_copies_in_flight) == (8, 7)
     no_reserve = Settings(max_concurrent_copies=4, max_copies_per_namespace=4)
-    assert no_reserve.namespace_copies_in_flight == 32
+    assert no_reserve.namespace_copies_in_flight == 8
     # Never fewer in flight than copy slots.
     assert Settings(max_concurrent_copies=40).copies_in_flight == 40
 

@@ -10,9 +10,10 @@ Nothing here imports Kopf: Kopf hands in the live body, a stop signal and a logg
 engine and the Kubernetes writes go through the small ``CopyEngine``, ``SecretReader``,
 ``StatusWriter`` and ``EventSink`` interfaces (docs/reference.md §3 for what is written).
 
-No tenant can starve another: a copy runs in one of the process's in-flight slots (many:
-planning, HEADs, mounts and manifest pushes are small requests), and a copy that must upload
-a blob also takes one of the few transfer slots (``IMAGECOPY_MAX_CONCURRENT_COPIES``) for
+No tenant can starve another: a copy runs in one of the process's in-flight slots
+(``IMAGECOPY_MAX_COPIES_IN_FLIGHT``: planning, HEADs, mounts and manifest pushes are small
+requests), and a copy that must upload a blob also takes one of the fewer copy slots
+(``IMAGECOPY_MAX_CONCURRENT_COPIES``) for
 the rest of its run; both kinds are shared fairly across namespaces (``slots``). Each copy
 runs under a deadline and a no-progress timeout (``deadline``; a wait for a transfer slot
 pauses both), so a slot always comes free again. A same-registry copy, all mounts, never

@@ -217,7 +217,7 @@ class Settings:
     max_concurrent_copies: int = 4
     #: Copies running at once, planning, HEADs, mounts and manifest pushes included; at
     #: least ``max_concurrent_copies``.
-    max_copies_in_flight: int = 32
+    max_copies_in_flight: int = 8
     blob_concurrency: int = 8
     #: Seconds between re-checks of objects that set no ``spec.interval``; None: never.
     default_interval: float | None = None
@@ -364,7 +364,7 @@ class Settings:
             insecure_registries=hosts("IMAGECOPY_INSECURE_REGISTRIES"),
             blocked_networks=blocked,
             max_concurrent_copies=integer("IMAGECOPY_MAX_CONCURRENT_COPIES", 4, 1),
-            max_copies_in_flight=integer("IMAGECOPY_MAX_COPIES_IN_FLIGHT", 32, 1),
+            max_copies_in_flight=integer("IMAGECOPY_MAX_COPIES_IN_FLIGHT", 8, 1),
             blob_concurrency=integer("IMAGECOPY_BLOB_CONCURRENCY", 8, 1),
             default_interval=duration("IMAGECOPY_DEFAULT_INTERVAL", None),
             stalled_retry=stalled if stalled is not None else 300.0,
