@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -120,6 +121,21 @@ def count_kinds(events: list[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
 
 
+def copy_durations(log: str) -> dict[str, float]:
+    """Median, p90 and longest ``duration=`` of the operator's ``copy outcome`` lines."""
+    values = sorted(
+        float(match.group(1))
+        for match in re.finditer(r"copy outcome=copied .*? duration=([0-9.]+)s", log, re.IGNORECASE)
+    )
+    if not values:
+        return {}
+    return {
+        "copy_s_median": round(values[len(values) // 2], 2),
+        "copy_s_p90": round(values[min(len(values) - 1, int(len(values) * 0.9))], 2),
+        "copy_s_max": round(values[-1], 2),
+    }
+
+
 def parse_runs(text: str) -> list[tuple[int, int]]:
     runs = []
     for part in text.split(","):
@@ -140,6 +156,7 @@ def run_size(
     *,
     profile: bool = False,
     verbose: bool = False,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     from kubernetes import client
 
@@ -163,7 +180,7 @@ def run_size(
         )
         operator = OperatorProcess(
             plane,
-            {"IMAGECOPY_PROGRESS_INTERVAL": "10s"},
+            {"IMAGECOPY_PROGRESS_INTERVAL": "10s", **(env or {})},
             kubeconfig=kubeconfig,
             kopf_options=("--standalone", *(f"--namespace={ns}" for ns in names)),
             log_path=workdir / f"operator-{run}.log",
@@ -231,6 +248,7 @@ def run_size(
                 bulk_api_kinds=count_kinds(bulk),
                 load_after_bulk=round(os.getloadavg()[0], 1),
             )
+            result.update(copy_durations(operator.logs()))
             if profile and profile_raw.exists():
                 result["profile"] = summarize(profile_raw.read_text())
 
@@ -306,6 +324,8 @@ def write_report(results: list[dict[str, Any]], out: Path, meta: dict[str, Any])
         ("all Ready after the last was created (s)", "ready_after_last_created_s"),
         ("objects Ready per s", "ready_per_s"),
         ("operator CPU share of one core in the bulk phase", "bulk_cpu_share"),
+        ("one copy's duration, median (s)", "copy_s_median"),
+        ("one copy's duration, p90 (s)", "copy_s_p90"),
         ("1-minute load average when all were Ready", "load_after_bulk"),
         ("peak RSS (MiB)", "peak_rss_mib"),
         ("RSS per object above the idle operator (KiB)", "rss_kib_per_object"),
@@ -320,7 +340,13 @@ def write_report(results: list[dict[str, Any]], out: Path, meta: dict[str, Any])
         f"Run {meta['date']} on {meta['machine']} ({meta['cpus']} cores, shared with the API "
         f"server, etcd, the registry and other sessions' work); `bench/scale.py` (method in its "
         f"docstring). Same-registry copies of one 4-blob image (every blob mounted), `interval: "
-        f"{meta['interval']}s`, default operator settings, info-level logs; commit "
+        f"{meta['interval']}s`, "
+        + (
+            f"settings `{' '.join(meta['env'])}`"
+            if meta.get("env")
+            else "default operator settings"
+        )
+        + f", info-level logs; commit "
         f"{meta['commit']}; 1-minute load average {meta['load']}. The first rows do not "
         "depend on the machine's load; the times do.",
         "",
@@ -356,6 +382,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=int, default=60, help="spec.interval in seconds")
     parser.add_argument("--profile", action="store_true", help="py-spy the bulk phase")
     parser.add_argument("--verbose", action="store_true", help="Kopf's debug-level logs")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an operator setting for every run (repeatable), e.g. IMAGECOPY_MAX_COPIES_IN_FLIGHT=8",
+    )
     parser.add_argument("--out", type=Path, default=BENCH)
     parser.add_argument(
         "--report-only",
@@ -388,19 +421,24 @@ def main(argv: list[str] | None = None) -> int:
                     workdir,
                     profile=args.profile,
                     verbose=args.verbose,
+                    env=dict(item.split("=", 1) for item in args.env),
                 )
                 print(json.dumps(result), file=sys.stderr, flush=True)
                 results.append(result)
                 # Written after every run, so a long run's first results are kept.
-                write_report(results, args.out, _meta(args.interval, load_before, workdir))
+                write_report(
+                    results, args.out, _meta(args.interval, load_before, workdir, args.env)
+                )
         finally:
             registry.stop()
-    write_report(results, args.out, _meta(args.interval, load_before, workdir))
+    write_report(results, args.out, _meta(args.interval, load_before, workdir, args.env))
     print(f"wrote {args.out / 'scale.md'}; operator logs in {workdir}", file=sys.stderr)
     return 0
 
 
-def _meta(interval: int, load_before: float, workdir: Path) -> dict[str, Any]:
+def _meta(
+    interval: int, load_before: float, workdir: Path, env: list[str] | None = None
+) -> dict[str, Any]:
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": platform.machine(),
@@ -411,6 +449,7 @@ def _meta(interval: int, load_before: float, workdir: Path) -> dict[str, Any]:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
         ).stdout.strip(),
         "logs": str(workdir),
+        "env": env,
     }
 
 

@@ -2,8 +2,9 @@
 real registry, and in front of it for one tenant the fault proxy (``testkit/netproxy.py``)
 answering nothing, ever.
 
-Two copy slots, both allowed to one namespace: tenant A's objects fill them with copies whose
-source never answers. Before the fix slots were first come, first served and a copy had no
+Two in-flight slots (and two copy slots), both allowed to one namespace: tenant A's objects
+fill them with copies whose source never answers (so they never get as far as a copy slot,
+which only a copy about to upload takes). Before the fix slots were first come, first served and a copy had no
 deadline, so tenant B's object waited behind A's whole backlog (each A copy held its slot
 for the 60 s request timeout, and then queued again) and A's objects stayed ``Copying``.
 Now A's copies are cancelled after the 5 s no-progress timeout with reason ``CopyTimeout``,
@@ -38,6 +39,7 @@ def operator(control_plane: ControlPlane) -> Iterator[OperatorProcess]:
         control_plane,
         env={
             "IMAGECOPY_MAX_CONCURRENT_COPIES": "2",
+            "IMAGECOPY_MAX_COPIES_IN_FLIGHT": "2",
             # No reserve: tenant A may take every slot, so B depends on the hand-off.
             "IMAGECOPY_MAX_COPIES_PER_NAMESPACE": "2",
             "IMAGECOPY_STALL_TIMEOUT": f"{STALL_TIMEOUT:g}s",
@@ -101,9 +103,11 @@ def test_a_tenant_whose_registry_never_answers_starves_no_other_tenant(
             f"hostile-{i}",
             copy_spec(f"{stalling.address}/{src}:1.0", registry_v2.ref(unique_repo(f"a{i}"), "1")),
         )
-    # Both slots are A's before B asks for one.
-    wait_metric(operator, 'imagecopy_copy_slots{state="inUse"}', lambda v: v == 2, 30)
-    wait_metric(operator, 'imagecopy_copy_slots{state="waiting"}', lambda v: v >= 1, 10)
+    # Both in-flight slots are A's before B asks for one.
+    wait_metric(operator, 'imagecopy_copies_in_flight{state="inUse"}', lambda v: v == 2, 30)
+    wait_metric(operator, 'imagecopy_copies_in_flight{state="waiting"}', lambda v: v >= 1, 10)
+    # Stuck planning, not moving bytes: no copy slot is held.
+    assert metric_value(operator.metrics(), 'imagecopy_copy_slots{state="inUse"}') == 0
 
     asked = time.monotonic()
     tenant_b.apply("normal", copy_spec(registry_v2.ref(src, "1.0"), registry_v2.ref(src, "b")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -175,5 +176,7 @@ def test_the_memory_is_fed_by_a_kopf_index_handler() -> None:
     memo = kopf.Memo()
     memo.memory = BlobMemory(BlobLocations())
     handler: Any = handlers.blob_memory  # typed by Kopf as a handler of every kwarg
-    assert handler(memo=memo, body=kopf.Body(cast(kopf.RawBody, body()))) is None
+    # A coroutine: Kopf would run a plain function in a worker thread, for every event.
+    assert asyncio.iscoroutinefunction(handler)
+    assert asyncio.run(handler(memo=memo, body=kopf.Body(cast(kopf.RawBody, body())))) is None
     assert memo.memory.locations.candidates(REG, digest(1), partition="team-a") == ["mirror/app"]

@@ -196,6 +196,30 @@ async def test_progress_keeps_a_copy_alive_until_its_deadline() -> None:
     assert 0.6 <= loop.time() - started < 2
 
 
+async def test_a_paused_copy_is_neither_stalled_nor_past_its_deadline() -> None:
+    """A wait for a copy slot mid-copy (``paused``) stops both clocks."""
+    watchdog = CopyWatchdog(timeout=0.1, stall_timeout=0.1)
+
+    async def waits_for_a_slot() -> str:
+        with watchdog.paused():
+            with watchdog.paused():  # nested: the outer block decides
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+        return "copied"
+
+    assert await watchdog.run(waits_for_a_slot()) == "copied"
+
+    async def then_never_ends() -> None:
+        with watchdog.paused():
+            await asyncio.sleep(0.3)
+        while True:  # after the pause the clocks run again
+            await asyncio.sleep(0.01)
+            watchdog.blob_advanced(DESC, 1)
+
+    with pytest.raises(CopyTimeout, match="IMAGECOPY_COPY_TIMEOUT"):
+        await watchdog.run(then_never_ends())
+
+
 async def test_answered_requests_count_as_progress_and_retries_do_not() -> None:
     """The pool's request hook reaches the watchdog of the copy that sent the request,
     from the tasks the engine starts too (they inherit the copy's context)."""
@@ -328,7 +352,9 @@ async def test_a_normal_copy_in_another_namespace_starts_when_the_first_slot_fre
             await finish.setdefault(name, asyncio.Event()).wait()
             return report()
 
-    svc = service(Blocking(), max_concurrent_copies=4, max_copies_per_namespace=4)
+    svc = service(
+        Blocking(), max_concurrent_copies=4, max_copies_per_namespace=4, max_copies_in_flight=4
+    )
     tasks = []
     for i in range(6):
         ref = ObjectRef("tenant-a", f"a{i}", f"ua{i}")
@@ -378,6 +404,106 @@ async def test_a_stalled_copy_ends_in_copy_timeout_and_frees_its_slot() -> None:
     await asyncio.wait_for(svc.reconcile(other, body("reg.example/b/y:1"), LOG), 5)
     ready = find_condition(writer.statuses["tenant-b/next"], "Ready")
     assert ready is not None and ready["reason"] == "Copied"
+
+
+class Uploading:
+    """Copies that move bytes (enter the transfer gate, as the engine does before its first
+    upload) when their destination repository starts with ``up``, and only mount otherwise;
+    each blocks until the test finishes it, recording who runs and who holds a copy slot."""
+
+    def __init__(self) -> None:
+        self.running: list[str] = []
+        self.moving: list[str] = []
+        self.finish: dict[str, asyncio.Event] = {}
+
+    def done(self, name: str) -> None:
+        self.finish.setdefault(name, asyncio.Event()).set()
+
+    async def copy(self, src: Any, dst: Any, options: CopyOptions, *a: Any) -> CopyReport:
+        name = dst.repository.rsplit("/", 1)[-1]
+        self.running.append(name)
+        finish = self.finish.setdefault(name, asyncio.Event())
+        if name.startswith("up"):
+            assert options.transfer_gate is not None and options.progress is not None
+            async with options.transfer_gate():
+                self.moving.append(name)
+                while not finish.is_set():  # bytes moving: progress every 10 ms
+                    options.progress.blob_advanced(DESC, 1)
+                    await asyncio.sleep(0.01)
+        else:
+            await finish.wait()
+        return report()
+
+
+async def test_copies_that_only_mount_do_not_wait_behind_copies_moving_bytes() -> None:
+    """Before (issue 15): every copy held one of the 4 copy slots for its whole life, so a
+    burst of mount-only copies queued behind each other and behind uploads."""
+    copier = Uploading()
+    svc = service(copier, max_concurrent_copies=2, max_copies_in_flight=8)
+    writer = svc.status_writer
+    assert isinstance(writer, Writer)
+    tasks = {}
+    for name in ("up0", "up1", "up2", "m0", "m1", "m2", "m3"):
+        ref = ObjectRef("tenant-a", name, f"u-{name}")
+        tasks[name] = asyncio.create_task(svc.reconcile(ref, body(f"reg.example/a/{name}:1"), LOG))
+        await settle()
+    # All seven run; one namespace holds at most one of the two copy slots (the default
+    # leaves one for the others), so up1 and up2 wait for a copy slot, the mounts for none.
+    assert sorted(copier.running) == ["m0", "m1", "m2", "m3", "up0", "up1", "up2"]
+    assert copier.moving == ["up0"]
+    for name in ("m0", "m1", "m2", "m3"):
+        copier.done(name)
+        await tasks[name]
+        ready = find_condition(writer.statuses[f"tenant-a/{name}"], "Ready")
+        assert ready is not None and ready["reason"] == "Copied"
+    assert copier.moving == ["up0"]
+    # A newcomer from another namespace takes the free copy slot before A's backlog.
+    other = ObjectRef("tenant-b", "upb", "u-upb")
+    tasks["upb"] = asyncio.create_task(svc.reconcile(other, body("reg.example/b/upb:1"), LOG))
+    await settle()
+    assert copier.moving == ["up0", "upb"]
+    copier.done("up0")
+    await tasks["up0"]
+    await settle()
+    assert copier.moving == ["up0", "upb", "up1"]
+    for name in ("up1", "up2", "upb"):
+        copier.done(name)
+    await asyncio.gather(*tasks.values())
+    assert copier.moving == ["up0", "upb", "up1", "up2"]
+
+
+async def test_waiting_for_a_copy_slot_is_neither_a_stall_nor_on_the_deadline() -> None:
+    copier = Uploading()
+    svc = service(
+        copier,
+        max_concurrent_copies=1,
+        max_copies_per_namespace=1,
+        stall_timeout=0.2,  # generous against a busy machine: progress every 10 ms
+    )
+    writer = svc.status_writer
+    assert isinstance(writer, Writer)
+    first = asyncio.create_task(
+        svc.reconcile(ObjectRef("tenant-a", "up0", "u0"), body("reg.example/a/up0:1"), LOG)
+    )
+    await settle()
+    second = asyncio.create_task(
+        svc.reconcile(ObjectRef("tenant-b", "up1", "u1"), body("reg.example/b/up1:1"), LOG)
+    )
+    await settle()
+    assert copier.moving == ["up0"]
+    # up0 moves bytes for three of up1's stall timeouts; up1 waits for the one copy slot all
+    # that time, without progress.
+    await asyncio.sleep(0.6)
+    assert copier.moving == ["up0"]
+    copier.done("up0")
+    await asyncio.wait_for(first, 5)
+    await settle()  # up1 got the slot: now its clocks run, and it makes progress
+    assert copier.moving == ["up0", "up1"]
+    copier.done("up1")
+    await asyncio.wait_for(second, 5)
+    for key in ("tenant-a/up0", "tenant-b/up1"):
+        ready = find_condition(writer.statuses[key], "Ready")
+        assert ready is not None and ready["reason"] == "Copied", (key, ready)
 
 
 # --------------------------------------------------------------------------- metric labels
@@ -450,6 +576,12 @@ def test_deadline_and_fairness_settings_have_documented_defaults() -> None:
     assert settings.max_copies_per_namespace is None
     assert settings.namespace_copy_slots == 3  # of the default 4
     assert Settings(max_concurrent_copies=1).namespace_copy_slots == 1
+    # Copies in flight: 8, one namespace all but the copy slots' reserve of one.
+    assert (settings.copies_in_flight, settings.namespace_copies_in_flight) == (8, 7)
+    no_reserve = Settings(max_concurrent_copies=4, max_copies_per_namespace=4)
+    assert no_reserve.namespace_copies_in_flight == 8
+    # Never fewer in flight than copy slots.
+    assert Settings(max_concurrent_copies=40).copies_in_flight == 40
 
 
 def test_deadline_and_fairness_settings_are_read_from_the_environment() -> None:
@@ -459,10 +591,12 @@ def test_deadline_and_fairness_settings_are_read_from_the_environment() -> None:
             "IMAGECOPY_STALL_TIMEOUT": "30s",
             "IMAGECOPY_MAX_CONCURRENT_COPIES": "8",
             "IMAGECOPY_MAX_COPIES_PER_NAMESPACE": "2",
+            "IMAGECOPY_MAX_COPIES_IN_FLIGHT": "10",
         }
     )
     assert (settings.copy_timeout, settings.stall_timeout) == (3600, 30)
     assert settings.namespace_copy_slots == 2
+    assert (settings.copies_in_flight, settings.namespace_copies_in_flight) == (10, 4)
     assert Settings(max_concurrent_copies=2, max_copies_per_namespace=9).namespace_copy_slots == 2
 
 
@@ -476,6 +610,7 @@ def test_deadline_and_fairness_settings_are_read_from_the_environment() -> None:
         ("IMAGECOPY_STALL_TIMEOUT", "soon"),
         ("IMAGECOPY_MAX_COPIES_PER_NAMESPACE", "0"),
         ("IMAGECOPY_MAX_COPIES_PER_NAMESPACE", "two"),
+        ("IMAGECOPY_MAX_COPIES_IN_FLIGHT", "0"),
     ],
 )
 def test_a_copy_cannot_be_left_without_a_deadline(name: str, value: str) -> None:

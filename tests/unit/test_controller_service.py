@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from imagecopy.controller.kube import KubernetesUnavailable
@@ -17,6 +18,7 @@ from imagecopy.controller.metrics import Metrics
 from imagecopy.controller.service import ImageCopyService, ObjectRef
 from imagecopy.controller.settings import Settings
 from imagecopy.controller.status import apply_merge_patch, find_condition
+from imagecopy.copy.options import CopyOptions
 from imagecopy.copy.report import CopyReport, Outcome
 from imagecopy.oci import errors
 
@@ -352,14 +354,34 @@ async def test_a_create_request_for_a_generation_already_started_is_dropped() ->
     assert service._state(REF).wake.is_set()
 
 
-async def test_copies_across_objects_are_bounded_by_max_concurrent_copies() -> None:
-    service, _copier, _writer, _events, _body = make(max_concurrent_copies=2)
+@pytest.mark.parametrize(
+    ("uploads", "expected_peak"),
+    [
+        (True, 2),  # copies moving bytes: IMAGECOPY_MAX_CONCURRENT_COPIES
+        (False, 3),  # copies that only mount: IMAGECOPY_MAX_COPIES_IN_FLIGHT
+    ],
+)
+async def test_copies_across_objects_are_bounded_by_their_slots(
+    uploads: bool, expected_peak: int
+) -> None:
+    service, _copier, _writer, _events, _body = make(
+        max_concurrent_copies=2, max_copies_in_flight=3
+    )
     running = 0
     peak = 0
     release = asyncio.Event()
 
     class SlowCopier:
-        async def copy(self, *args: Any) -> CopyReport:
+        async def copy(
+            self, src: Any, dst: Any, options: CopyOptions | None = None, *a: Any
+        ) -> CopyReport:
+            if uploads:
+                assert options is not None and options.transfer_gate is not None
+                async with options.transfer_gate():
+                    return await self._run()
+            return await self._run()
+
+        async def _run(self) -> CopyReport:
             nonlocal running, peak
             running += 1
             peak = max(peak, running)
@@ -383,7 +405,7 @@ async def test_copies_across_objects_are_bounded_by_max_concurrent_copies() -> N
         for i, b in enumerate(bodies)
     ]
     await asyncio.sleep(0.05)
-    assert peak == 2
+    assert peak == expected_peak
     release.set()
     await asyncio.gather(*tasks)
-    assert peak == 2
+    assert peak == expected_peak

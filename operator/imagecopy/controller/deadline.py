@@ -14,6 +14,9 @@ an answer other than a retry status (408, 429, 5xx) or none at all. The request 
 from the registry pool's process-wide ``on_request`` hook: the watchdog of the running copy
 is found in a context variable set for the copy's task (tasks the engine starts inherit it),
 so neither ``copy`` nor ``oci`` knows about it.
+
+Waiting for a byte-moving slot (``service``: a copy that must upload takes one of the few
+transfer slots mid-copy) is nobody's fault: ``paused`` stops both clocks for that wait.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from ..oci.blobs import BlobOutcome
@@ -85,12 +89,30 @@ class CopyWatchdog:
         self._clock = clock
         self._started = 0.0
         self._last = 0.0
+        #: Nested ``paused`` blocks open, and when the outermost began.
+        self._pauses = 0
+        self._paused_at = 0.0
 
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
 
     def touch(self) -> None:
         self._last = self._now()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop both clocks for the block (a wait for a transfer slot): the deadline moves
+        on by the time spent in it, and leaving it counts as progress."""
+        if self._pauses == 0:
+            self._paused_at = self._now()
+        self._pauses += 1
+        try:
+            yield
+        finally:
+            self._pauses -= 1
+            if self._pauses == 0:
+                self._started += self._now() - self._paused_at
+                self.touch()
 
     # ProgressListener: every blob event is progress.
     def blob_started(self, desc: Descriptor) -> None:
@@ -129,6 +151,9 @@ class CopyWatchdog:
         raise error
 
     def _expiry(self) -> tuple[float, CopyTimeout]:
+        if self._pauses:
+            # Look again later; the pause's end moves both clocks.
+            return self._now() + self.stall_timeout, CopyTimeout("paused")
         deadline = self._started + self.timeout
         stall = self._last + self.stall_timeout
         if stall < deadline:

@@ -30,7 +30,9 @@ the spec-change filter.
 
 Kopf's storages are still pointed at annotations (``imagecopy.dev/…``), not ``status`` (the
 CRD schema would prune ``status.kopf``): with no change handler Kopf writes none, but an
-object handled by an older version keeps them (docs/reference.md §1, "Bookkeeping").
+object handled by an older version keeps them (docs/reference.md §1, "Bookkeeping"). The diff
+base is never read (``_NoDiffBase``), and the index handler is a coroutine: Kopf runs a plain
+function handler in a worker thread, for every watch event (issue 15, CPU per copy).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Iterable
 from typing import Any, cast
 
 import kopf
@@ -56,6 +59,22 @@ from .settings import Settings, format_duration
 from .takeover import Takeover
 
 KIND = "ImageCopy"
+
+
+class _NoDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """Kopf builds the diff base of every watch event (a deep copy of the whole body) to
+    detect changes for change handlers and daemon idling; there are neither (only a daemon
+    without ``idle``), so every body has the same, empty essence and nothing is copied."""
+
+    _EMPTY: kopf.BodyEssence = cast(kopf.BodyEssence, {})
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        return self._EMPTY
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return self._EMPTY
 
 
 def _post_event(ref: ObjectRef, type_: str, reason: str, message: str) -> None:
@@ -98,7 +117,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = _NoDiffBase(
         prefix=GROUP, key="last-handled-configuration"
     )
     # With --peering: how long our entry outlives us if we are killed (the standby's takeover
@@ -135,7 +154,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
     logger.info(
         "imagecopy operator started: allowedRegistries=%s plainHttpRegistries=%s "
         "insecureRegistries=%s blockedNetworks=%s maxConcurrentCopies=%d "
-        "maxCopiesPerNamespace=%d blobConcurrency=%d stalledRetry=%ss "
+        "maxCopiesPerNamespace=%d maxCopiesInFlight=%d blobConcurrency=%d stalledRetry=%ss "
         "copyTimeout=%s stallTimeout=%s connectTimeout=%s readTimeout=%s metricsPort=%d "
         "peeringLifetime=%ds",
         ",".join(config.allowed_registries),
@@ -144,6 +163,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
         ",".join(config.blocked_networks) or "none",
         config.max_concurrent_copies,
         config.namespace_copy_slots,
+        config.copies_in_flight,
         config.blob_concurrency,
         config.stalled_retry,
         format_duration(config.copy_timeout),
@@ -166,7 +186,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.index(GROUP, VERSION, PLURAL, id="blobmemory")
-def blob_memory(memo: Any, body: kopf.Body, **_: Any) -> None:
+async def blob_memory(memo: Any, body: kopf.Body, **_: Any) -> None:
     """Feeds the blob memory from every listed and watched object (``memory``); Kopf runs
     it before the object's own handlers, also for the listing after a standby takes over.
     Stores nothing in Kopf's index (returns None)."""

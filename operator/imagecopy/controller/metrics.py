@@ -83,7 +83,15 @@ class Metrics:
         )
         self.copy_slots = Gauge(
             "imagecopy_copy_slots",
-            "Copy slots (IMAGECOPY_MAX_CONCURRENT_COPIES) by state: in use, or copies waiting.",
+            "Copy slots (IMAGECOPY_MAX_CONCURRENT_COPIES) by state: held by copies moving bytes, "
+            "or copies waiting for one to upload.",
+            ["state"],
+            **kwargs,
+        )
+        self.copies_in_flight = Gauge(
+            "imagecopy_copies_in_flight",
+            "In-flight slots (IMAGECOPY_MAX_COPIES_IN_FLIGHT) by state: copies running, or "
+            "copies waiting to start.",
             ["state"],
             **kwargs,
         )
@@ -105,6 +113,7 @@ class Metrics:
             self.objects.labels(type_).set(0)
         for state in ("inUse", "waiting"):
             self.copy_slots.labels(state).set(0)
+            self.copies_in_flight.labels(state).set(0)
         # Registries that may be a label value, and the (method, code) series of each.
         self._named: frozenset[str] = frozenset()
         self._series: dict[str, set[tuple[str, str]]] = {}
@@ -153,6 +162,10 @@ class Metrics:
     def set_copy_slots(self, in_use: int, waiting: int) -> None:
         self.copy_slots.labels("inUse").set(in_use)
         self.copy_slots.labels("waiting").set(waiting)
+
+    def set_copies_in_flight(self, in_use: int, waiting: int) -> None:
+        self.copies_in_flight.labels("inUse").set(in_use)
+        self.copies_in_flight.labels("waiting").set(waiting)
 
     def set_objects(self, true_conditions: Iterable[frozenset[str]]) -> None:
         """Recount ``imagecopy_objects`` from each object's set of True conditions."""

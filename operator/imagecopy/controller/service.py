@@ -10,9 +10,14 @@ Nothing here imports Kopf: Kopf hands in the live body, a stop signal and a logg
 engine and the Kubernetes writes go through the small ``CopyEngine``, ``SecretReader``,
 ``StatusWriter`` and ``EventSink`` interfaces (docs/reference.md §3 for what is written).
 
-No tenant can starve another: copies take one of the process's copy slots, shared fairly
-across namespaces (``slots``), and each copy runs under a deadline and a no-progress timeout
-(``deadline``), so a slot always comes free again.
+No tenant can starve another: a copy runs in one of the process's in-flight slots
+(``IMAGECOPY_MAX_COPIES_IN_FLIGHT``: planning, HEADs, mounts and manifest pushes are small
+requests), and a copy that must upload a blob also takes one of the fewer copy slots
+(``IMAGECOPY_MAX_CONCURRENT_COPIES``) for
+the rest of its run; both kinds are shared fairly across namespaces (``slots``). Each copy
+runs under a deadline and a no-progress timeout (``deadline``; a wait for a transfer slot
+pauses both), so a slot always comes free again. A same-registry copy, all mounts, never
+waits behind another copy's bytes (issue 15).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import asyncio
 import logging
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -117,6 +123,7 @@ def transport_settings(settings: Settings) -> TransportSettings:
         # copy's mounts and manifest requests alone fill `CopyOptions.connections`.
         max_connections=max(
             CopyOptions(concurrency=settings.blob_concurrency).connections,
+            # Only copies holding a copy slot stream; the others' small requests share these.
             2 * settings.blob_concurrency * settings.max_concurrent_copies,
         ),
         timeout=settings.read_timeout,
@@ -165,6 +172,12 @@ class ImageCopyService:
         self.settings = settings
         self.schedule = Schedule.from_settings(settings, rng=rng, now=now)
         self._now = now
+        # Every running copy holds an in-flight slot; one that moves bytes also a copy slot.
+        self._flight_slots = FairSlots(
+            settings.copies_in_flight,
+            settings.namespace_copies_in_flight,
+            on_change=self._update_flight_gauge,
+        )
         self._copy_slots = FairSlots(
             settings.max_concurrent_copies,
             settings.namespace_copy_slots,
@@ -335,7 +348,7 @@ class ImageCopyService:
         policy = None
         if spec.verify is not None:
             policy = await verify_policy(self.secrets, ref.namespace, spec.verify, status)
-        async with self._copy_slots.slot(ref.namespace):
+        async with self._flight_slots.slot(ref.namespace):
             slot_taken.set()
             # The clocks start with the slot: waiting for one is not the copy's fault.
             watchdog = CopyWatchdog(self.settings.copy_timeout, self.settings.stall_timeout)
@@ -346,6 +359,7 @@ class ImageCopyService:
                 verify=policy,
                 bounds=self.settings.bounds,
                 partition=ref.namespace,  # the blob memory is per tenant (copy.locations)
+                transfer_gate=lambda: self._transfer_slot(ref.namespace, watchdog),
             )
             done = asyncio.Event()
             reporter = asyncio.create_task(
@@ -367,6 +381,17 @@ class ImageCopyService:
                     raise
                 except Exception as exc:  # a progress report never decides the copy
                     log.error("progress reporting of %s failed", ref, exc_info=exc)
+
+    @asynccontextmanager
+    async def _transfer_slot(self, namespace: str, watchdog: CopyWatchdog) -> AsyncIterator[None]:
+        """The engine's ``transfer_gate``: a copy slot, held from the copy's first upload to
+        its end; the copy's clocks stand still while it waits for one."""
+        with watchdog.paused():
+            await self._copy_slots.acquire(namespace)
+        try:
+            yield
+        finally:
+            self._copy_slots.release(namespace)
 
     def _check_allowed(self, spec: ImageCopySpec) -> None:
         for side, registry in (
@@ -396,6 +421,9 @@ class ImageCopyService:
 
     def _update_slot_gauge(self) -> None:
         self.metrics.set_copy_slots(self._copy_slots.in_use, self._copy_slots.waiting)
+
+    def _update_flight_gauge(self) -> None:
+        self.metrics.set_copies_in_flight(self._flight_slots.in_use, self._flight_slots.waiting)
 
     def _name_registries(self, state: _ObjectState, spec: ImageCopySpec) -> None:
         """Remember the registries ``spec`` names; request metrics label only those (and the

@@ -213,7 +213,11 @@ class Settings:
     insecure_registries: frozenset[str] = frozenset()
     #: CIDRs never connected to (registry, token realm, redirect target, upload location).
     blocked_networks: tuple[str, ...] = DEFAULT_BLOCKED_NETWORKS
+    #: Copies moving blob bytes at once (the transfer slots, ``slots``).
     max_concurrent_copies: int = 4
+    #: Copies running at once, planning, HEADs, mounts and manifest pushes included; at
+    #: least ``max_concurrent_copies``.
+    max_copies_in_flight: int = 8
     blob_concurrency: int = 8
     #: Seconds between re-checks of objects that set no ``spec.interval``; None: never.
     default_interval: float | None = None
@@ -251,6 +255,18 @@ class Settings:
         if self.max_copies_per_namespace is None:
             return max(1, self.max_concurrent_copies - 1)
         return min(self.max_copies_per_namespace, self.max_concurrent_copies)
+
+    @property
+    def copies_in_flight(self) -> int:
+        """Copies running at once (never fewer than the transfer slots)."""
+        return max(self.max_copies_in_flight, self.max_concurrent_copies)
+
+    @property
+    def namespace_copies_in_flight(self) -> int:
+        """Copies one namespace may have running at once: the copies in flight less the
+        reserve the transfer slots keep for the other namespaces (one by default)."""
+        reserve = self.max_concurrent_copies - self.namespace_copy_slots
+        return max(1, self.copies_in_flight - reserve)
 
     def __post_init__(self) -> None:
         try:
@@ -348,6 +364,7 @@ class Settings:
             insecure_registries=hosts("IMAGECOPY_INSECURE_REGISTRIES"),
             blocked_networks=blocked,
             max_concurrent_copies=integer("IMAGECOPY_MAX_CONCURRENT_COPIES", 4, 1),
+            max_copies_in_flight=integer("IMAGECOPY_MAX_COPIES_IN_FLIGHT", 8, 1),
             blob_concurrency=integer("IMAGECOPY_BLOB_CONCURRENCY", 8, 1),
             default_interval=duration("IMAGECOPY_DEFAULT_INTERVAL", None),
             stalled_retry=stalled if stalled is not None else 300.0,

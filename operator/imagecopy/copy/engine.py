@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from typing import Literal
 
 from ..oci.blobs import Limits, UploadOptions
 from ..oci.credentials import CredentialStore
@@ -148,9 +150,10 @@ class Copier:
             await add_referrers(source_repo, plan, skip=skip)
             await add_attachments(source_repo, plan, skip=skip)
 
+        gate = _TransferGate(options.transfer_gate)
         limits = Limits(
             mounts=asyncio.Semaphore(max(1, options.mount_concurrency)),
-            uploads=asyncio.Semaphore(max(1, options.concurrency)),
+            uploads=_GatedSemaphore(max(1, options.concurrency), gate),
         )
         target: Destination
         if options.dry_run:
@@ -165,7 +168,8 @@ class Copier:
                 progress=options.progress,
             )
         try:
-            await Executor(plan, target, mounts, report, options.progress).run()
+            async with gate:
+                await Executor(plan, target, mounts, report, options.progress).run()
         finally:
             report.mounts_skipped = mounts.skipped
         report.outcome = Outcome.COPIED
@@ -176,6 +180,45 @@ class Copier:
             self.locations.add_many(src.registry, digests, src.repository, partition=part)
             self.locations.add_many(dst.registry, digests, dst.repository, partition=part)
             report.largest_blobs = largest_blob_keys(plan.blobs.values())
+
+
+class _TransferGate:
+    """``CopyOptions.transfer_gate`` of one copy: entered on the first ``open`` (concurrent
+    uploads wait for that one entry), left when the copy's ``async with`` ends."""
+
+    def __init__(self, gate: Callable[[], AbstractAsyncContextManager[object]] | None) -> None:
+        self._gate = gate
+        self._stack = AsyncExitStack()
+        self._lock = asyncio.Lock()
+        self._open = gate is None
+
+    async def open(self) -> None:
+        if self._open:
+            return
+        async with self._lock:
+            if not self._open:
+                assert self._gate is not None
+                await self._stack.enter_async_context(self._gate())
+                self._open = True
+
+    async def __aenter__(self) -> _TransferGate:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+
+class _GatedSemaphore(asyncio.Semaphore):
+    """The copy's upload streams: an upload passes the transfer gate before its stream
+    slot (``oci.blobs`` takes the slot around every upload attempt)."""
+
+    def __init__(self, value: int, gate: _TransferGate) -> None:
+        super().__init__(value)
+        self._gate = gate
+
+    async def acquire(self) -> Literal[True]:
+        await self._gate.open()
+        return await super().acquire()
 
 
 def largest_blob_keys(blobs: Iterable[Descriptor], limit: int = MEMORY_BLOBS) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -73,6 +75,10 @@ class CopyOptions:
     progress: ProgressListener | None = None
     #: Refuse to copy unless the source is signed by one of these keys (``copy.verify``).
     verify: VerifyPolicy | None = None
+    #: Entered once per copy, just before its first blob upload, and left when the copy
+    #: ends; a copy that only HEADs, mounts and pushes manifests never enters it. The
+    #: operator takes one of its few byte-moving copy slots there.
+    transfer_gate: Callable[[], AbstractAsyncContextManager[object]] | None = None
 
     @property
     def connections(self) -> int:
