@@ -216,3 +216,41 @@ async def test_a_refused_connection_is_a_connect_error() -> None:
     listener.close()
     with pytest.raises(httpcore.ConnectError):
         await _connect("127.0.0.1", port, 5.0, None, None)
+
+
+async def test_closing_mid_body_resets_instead_of_sending_the_rest() -> None:
+    """A request abandoned mid-body (a cancelled upload) must not keep the link busy: the
+    megabytes still queued in the kernel are dropped with a reset, not delivered."""
+    server = EchoDigest(stall=True)
+    try:
+        stream = await _connect("127.0.0.1", server.port, 5.0, None, None)
+        writer = asyncio.ensure_future(stream.write(os.urandom(BODY), timeout=30))
+        await asyncio.sleep(0.2)
+        assert not writer.done()  # the server reads nothing: the write waits, bytes queued
+        writer.cancel()
+        await stream.aclose()
+        conn = server.accepted[0]
+        conn.settimeout(5)
+        received = 0
+        with pytest.raises(ConnectionResetError):
+            while part := conn.recv(1 << 20):
+                received += len(part)
+        assert received < BODY
+    finally:
+        server.close()
+
+
+async def test_closing_after_a_whole_exchange_is_an_orderly_close() -> None:
+    server = EchoDigest(stall=True)
+    try:
+        stream = await _connect("127.0.0.1", server.port, 5.0, None, None)
+        await stream.write(b"x" * 1000, timeout=5)
+        conn = server.accepted[0]
+        conn.settimeout(5)
+        assert len(conn.recv(4096)) == 1000
+        conn.sendall(b"answer")
+        assert await stream.read(1024, timeout=5) == b"answer"  # the request was acknowledged
+        await stream.aclose()
+        assert conn.recv(4096) == b""  # FIN: end of stream, no reset
+    finally:
+        server.close()

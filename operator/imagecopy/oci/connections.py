@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import fcntl
 import functools
 import select
 import socket
 import ssl
+import struct
+import termios
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import contextmanager
@@ -105,6 +108,28 @@ class _Stream(httpcore.AsyncNetworkStream):
         if info == "socket":
             return self._socket
         return self._inner.get_extra_info(info)
+
+
+#: Linux's ioctl for the bytes a socket has not yet had acknowledged (``SIOCOUTQ``).
+_OUTQ = getattr(termios, "TIOCOUTQ", None)
+
+
+def _drop_unsent(sock: socket.socket) -> None:
+    """Have ``close`` reset a connection that still has request bytes queued in the kernel.
+
+    Only an abandoned request leaves bytes there (an upload cancelled or failed mid-body:
+    once a response arrives, the request it answers was acknowledged). Nobody will read an
+    answer to them, yet a plain close would still send them, and on a slow link the clean-up
+    that follows (the session's ``DELETE``, on another connection) would queue behind
+    megabytes of a dead upload. Where the kernel cannot tell (not Linux) nothing changes."""
+    if _OUTQ is None:
+        return
+    try:
+        (unsent,) = struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))
+        if unsent > 0:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        return
 
 
 def _wake(waiter: asyncio.Future[bool], ready: bool) -> None:
@@ -190,6 +215,7 @@ class _SocketStream(httpcore.AsyncNetworkStream):
             self._loop.remove_writer(fd)
             for waiter in self._waiters:
                 _wake(waiter, True)
+            _drop_unsent(self._sock)
         self._sock.close()
 
     async def start_tls(
