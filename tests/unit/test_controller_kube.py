@@ -218,6 +218,27 @@ async def test_service_accounts_are_cached_for_a_while_and_bounded(api: FakeApi)
         kube.close()
 
 
+async def test_concurrent_misses_of_one_service_account_share_one_read(api: FakeApi) -> None:
+    """When the entry expires, every re-check that comes due before the read returns waits
+    for that read instead of making its own; a waiter cancelled meanwhile does not cancel it."""
+    now = [0.0]
+    kube = KubeClient(clock=lambda: now[0], account_ttl=60.0)
+    kube.connect(kopf.ConnectionInfo(server=api.url, token="t"))
+    try:
+        impatient = asyncio.ensure_future(kube.read_service_account("ns", "default"))
+        readers = [kube.read_service_account("ns", "default") for _ in range(50)]
+        await asyncio.sleep(0)
+        impatient.cancel()
+        accounts = await asyncio.gather(*readers)
+        assert all(a == {"imagePullSecrets": [{"name": "pull"}]} for a in accounts)
+        assert len(api.requests) == 1
+        now[0] = 61.0  # expired: the next burst makes one read again
+        await asyncio.gather(*(kube.read_service_account("ns", "default") for _ in range(50)))
+        assert len(api.requests) == 2
+    finally:
+        kube.close()
+
+
 async def test_the_client_names_itself_in_the_user_agent(api: FakeApi) -> None:
     kube = KubeClient()
     kube.connect(kopf.ConnectionInfo(server=api.url, token="t"))

@@ -7,6 +7,7 @@ write, and the order in which the executor writes (never a manifest before its c
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -108,13 +109,91 @@ async def plan_for(
 
 
 async def test_an_unchanged_source_is_a_no_op_after_two_heads() -> None:
+    """The operator's re-check of a Ready object: HEADs only, no pull."""
+    root = image(b"a")
+    src, dst = FakeRepository(), FakeRepository()
+    src.put(root, "1.4")
+    dst.put(root, "1.4")
+    settled = await plan_for(src, dst, fetch_source_early=False)
+    assert settled == Settled(Outcome.UP_TO_DATE, root.digest, root.digest)
+    assert dst.reads == ["HEAD 1.4"] and src.reads == ["HEAD 1.4"]
+
+
+async def test_a_source_fetched_early_decides_a_no_op_without_a_head() -> None:
     root = image(b"a")
     src, dst = FakeRepository(), FakeRepository()
     src.put(root, "1.4")
     dst.put(root, "1.4")
     settled = await plan_for(src, dst)
     assert settled == Settled(Outcome.UP_TO_DATE, root.digest, root.digest)
-    assert dst.reads == ["HEAD 1.4"] and src.reads == ["HEAD 1.4"]
+    assert dst.reads == ["HEAD 1.4"] and src.reads == ["GET 1.4"]
+
+
+@dataclass
+class GatedRepository(FakeRepository):
+    """A destination whose HEADs answer only once ``gate`` is set, or fail."""
+
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    fail: bool = False
+
+    async def head_manifest(self, reference: str) -> ManifestInfo | None:
+        await self.gate.wait()
+        if self.fail:
+            raise NotFound(f"{reference}: denied", status=403, side=Side.DESTINATION)
+        return await super().head_manifest(reference)
+
+
+@dataclass
+class OpeningRepository(FakeRepository):
+    """A source whose manifest GET opens ``gate`` (the destination's HEAD) before it
+    answers: the plan completes only if the two are in flight at the same time."""
+
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: bool = False
+    cancelled: bool = False
+
+    async def get_manifest(
+        self, reference: str, *, expected_digest: str | None = None, missing_ok: bool = False
+    ) -> Manifest | None:
+        self.gate.set()
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        self.finished = True
+        return await super().get_manifest(
+            reference, expected_digest=expected_digest, missing_ok=missing_ok
+        )
+
+
+async def test_the_early_fetch_runs_while_the_destination_is_checked() -> None:
+    root = image(b"a")
+    dst = GatedRepository()
+    src = OpeningRepository(gate=dst.gate)
+    src.put(root, "1.4")
+    plan = await asyncio.wait_for(plan_for(src, dst), 10)
+    assert isinstance(plan, Plan) and plan.root.digest == root.digest
+    assert src.reads == ["GET 1.4"] and dst.reads == ["HEAD 1.4"]
+
+
+async def test_a_failed_destination_check_cancels_the_early_fetch_and_is_reported() -> None:
+    root = image(b"a")
+    dst = GatedRepository(fail=True)
+    src = OpeningRepository(gate=dst.gate)
+    src.put(root, "1.4")
+    with pytest.raises(NotFound) as caught:
+        await plan_for(src, dst)
+    assert caught.value.side is Side.DESTINATION
+    assert src.cancelled and not src.finished
+
+
+async def test_a_source_missing_at_the_early_fetch_is_not_found() -> None:
+    src, dst = FakeRepository(), FakeRepository()
+    dst.put(image(b"a"), "1.4")
+    with pytest.raises(NotFound, match="not found"):
+        await plan_for(src, dst)
+    assert src.reads == ["GET 1.4"]
 
 
 async def test_a_missing_tag_fetches_the_source_without_a_head() -> None:

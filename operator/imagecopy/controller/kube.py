@@ -9,7 +9,7 @@ ServiceAccount reads are cached per namespace and name for ``SERVICE_ACCOUNT_TTL
 (at most ``SERVICE_ACCOUNT_CACHE_SIZE`` entries, least recently used dropped first; only
 ``imagePullSecrets`` is kept): every check of every object without ``secretRef`` needs the
 namespace's ``default`` account, and a quiet re-check should cost one API call, its status
-patch (issue 15). Secrets are never cached. Calls made before the first login wait
+patch (issue 15). Concurrent misses of one account share one read. Secrets are never cached. Calls made before the first login wait
 for it.
 
 Uses the synchronous ``kubernetes`` client in a worker thread (``kubernetes_asyncio`` is not a
@@ -100,6 +100,8 @@ class KubeClient:
         self._accounts: OrderedDict[tuple[str, str], tuple[float, Mapping[str, Any] | None]] = (
             OrderedDict()
         )
+        #: The account reads under way, by key (``read_service_account``).
+        self._account_reads: dict[tuple[str, str], asyncio.Future[Mapping[str, Any] | None]] = {}
         self._apis: _Apis | None = None
         self._connected = asyncio.Event()
         # Clients of earlier logins: a call in a worker thread may still be using one.
@@ -163,6 +165,26 @@ class KubeClient:
         if cached is not None and cached[0] > now:
             self._accounts.move_to_end(key)
             return cached[1]
+        # One read per account at a time: when the entry expires, every re-check that comes
+        # due meanwhile waits for that read (3,000 objects in one namespace made 247 reads
+        # of one account in a quiet minute without this). A waiter's cancellation leaves the
+        # read to the others.
+        pending = self._account_reads.get(key)
+        if pending is None:
+            pending = self._account_reads[key] = asyncio.ensure_future(self._read_account(key))
+            pending.add_done_callback(lambda done: self._account_read_done(key, done))
+        return await asyncio.shield(pending)
+
+    def _account_read_done(
+        self, key: tuple[str, str], done: asyncio.Future[Mapping[str, Any] | None]
+    ) -> None:
+        if self._account_reads.get(key) is done:
+            del self._account_reads[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: the waiters, if any are left, have it raised
+
+    async def _read_account(self, key: tuple[str, str]) -> Mapping[str, Any] | None:
+        namespace, name = key
         what = f"reading ServiceAccount {namespace}/{name}"
         apis = await self._current(what)
         account = await asyncio.to_thread(

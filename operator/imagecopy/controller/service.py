@@ -317,7 +317,15 @@ class ImageCopyService:
         objects most wait, and their status would be written twice (issue 15)."""
         slot_taken = asyncio.Event()
         copy = asyncio.ensure_future(
-            self._copy(attempt.ref, spec, attempt.status, attempt.write_progress, slot_taken)
+            self._copy(
+                attempt.ref,
+                spec,
+                attempt.status,
+                attempt.write_progress,
+                slot_taken,
+                # A Ready object's re-check is most likely a no-op: HEADs only, no pull.
+                fetch_source_early=not attempt.was_ready,
+            )
         )
         try:
             if attempt.needs_copying_mark():
@@ -343,6 +351,7 @@ class ImageCopyService:
         status: Mapping[str, Any],
         write_progress: Callable[[Mapping[str, Any]], Awaitable[None]],
         slot_taken: asyncio.Event,
+        fetch_source_early: bool,
     ) -> CopyReport:
         credentials = await resolve_credentials(self.secrets, ref.namespace, spec)
         policy = None
@@ -357,6 +366,7 @@ class ImageCopyService:
                 spec.copy_options(self.settings.blob_concurrency),
                 progress=progress,
                 verify=policy,
+                fetch_source_early=fetch_source_early,
                 bounds=self.settings.bounds,
                 partition=ref.namespace,  # the blob memory is per tenant (copy.locations)
                 transfer_gate=lambda: self._transfer_slot(ref.namespace, watchdog),

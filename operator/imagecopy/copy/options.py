@@ -65,6 +65,11 @@ class CopyOptions:
     #: Limits of the image graph (children per index, depth, manifests, bytes, blobs,
     #: referrers per subject): ``oci.bounds.Bounds``.
     bounds: Bounds = field(default_factory=Bounds)
+    #: Fetch the source manifest while the destination tags are checked: a copy with work
+    #: to do saves a round trip; a no-op then costs a GET of the source where a HEAD would
+    #: do (Docker Hub counts manifest GETs as pulls). The operator turns it off to re-check
+    #: an object that is already Ready (docs/reference.md §4).
+    fetch_source_early: bool = True
     #: Plan the copy with the same counts; write nothing.
     dry_run: bool = False
     #: Largest PATCH body of the chunked-upload fallback.
