@@ -239,9 +239,9 @@ def test_dry_run_writes_nothing(registry_v2: RegistryServer) -> None:
 def test_same_registry_copy_sends_its_mounts_in_one_wave(
     registry_v2: RegistryServer, netproxy: Callable[..., NetProxy]
 ) -> None:
-    """One copy per process: no mount probe. HEAD destination tag → GET manifest → 21 mounts
-    at once → PUT manifest: four round trips and 24 requests, as the engine's copies after
-    the first of a period (its first takes five: tests/integration/test_round_trips.py)."""
+    """One copy per process: no mount probe. HEAD destination tag with GET manifest → 21
+    mounts at once → PUT manifest: three round trips and 24 requests, as the engine's copies
+    after the first of a period (its first takes four: tests/integration/test_round_trips.py)."""
     src = images.push_image(registry_v2, repo("dev"), "v1", layers=20, layer_size=1024)
     proxy = netproxy(registry_v2.host, delay_ms=DELAY_MS)
     host = proxy.address
@@ -252,7 +252,7 @@ def test_same_registry_copy_sends_its_mounts_in_one_wave(
     assert out["blobs"] == {"total": 21, "mounted": 21, "uploaded": 0, "existing": 0}
     log = proxy.stats.log
     assert len(log) == out["requests"] == 21 + 3
-    assert critical_chain(log) == 4, [(r.method, r.path, r.started) for r in log]
+    assert critical_chain(log) == 3, [(r.method, r.path, r.started) for r in log]
 
 
 def test_a_registry_refusing_mounts_costs_at_most_one_refused_mount_per_blob(
