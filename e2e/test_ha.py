@@ -51,6 +51,52 @@ def manifest_puts(reg: RegistryServer, mark: int, repo: str) -> int:
     return len(select(reg.access_log_since(mark), method="PUT", repo=repo, path="/manifests/"))
 
 
+def start_slow_copy(
+    icp: ImageCopies,
+    name: str,
+    source: RegistryServer,
+    destination: RegistryServer,
+    netproxy: Any,
+    unique_repo: Any,
+    *,
+    size: int,
+    bandwidth_bps: int,
+    seed: int,
+) -> tuple[Any, str]:
+    """Apply a copy of one big layer through a bandwidth-capped proxy and return (the source
+    image, the destination repository) once its layer streams."""
+    src, dst = unique_repo(f"dev/{name}"), unique_repo(f"prod/{name}")
+    image = push_big_image(source, src, "1", size=size, seed=seed)
+    proxy = netproxy(source.host, bandwidth_bps=bandwidth_bps)
+    icp.apply(
+        name,
+        {
+            "source": {"image": f"{proxy.address}/{src}:1"},
+            "destination": {"image": destination.ref(dst, "1")},
+        },
+    )
+    deadline = time.monotonic() + 30
+    while proxy.snapshot().bytes_down < MiB and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proxy.snapshot().bytes_down >= MiB, "the copy never started streaming"
+    return image, dst
+
+
+def assert_took_over_after(previous: Any, successor: Any, namespace: str, name: str) -> None:
+    """``successor``'s copy of ``name`` waited the takeover grace and began after
+    ``previous`` wrote its last line about the object; ``previous`` never finished it."""
+    last = max(t for t in map(log_time, object_lines(previous, namespace, name)) if t)
+    took_over = [
+        t
+        for line in object_lines(successor, namespace, name)
+        if "takeover grace (peering)" in line and (t := log_time(line))
+    ]
+    assert took_over, f"the successor's first copy of {name} did not wait the takeover grace"
+    print(f"{name}: the successor started copying {took_over[0] - last} after")
+    assert took_over[0] > last
+    assert not [line for line in copy_lines(previous, namespace, name) if "=Copied" in line]
+
+
 def test_sigkill_of_the_active_replica_fails_over_within_a_minute(
     control_plane: ControlPlane,
     namespace: str,
@@ -140,20 +186,10 @@ def test_graceful_sigterm_hands_over_at_once_and_never_overlaps(
     assert {p["lifetime"] for p in ha.peers().values()} == {120}
 
     # A copy that takes a while (bandwidth-capped source), SIGTERMed while its layer streams.
-    src, dst = unique_repo("dev/slow"), unique_repo("prod/slow")
-    image = push_big_image(registry_v2, src, "1", size=16 * MiB, seed=11)
-    proxy = netproxy(registry_v2.host, bandwidth_bps=2 * MiB)
-    icp.apply(
-        "slow",
-        {
-            "source": {"image": f"{proxy.address}/{src}:1"},
-            "destination": {"image": registry_v3.ref(dst, "1")},
-        },
-    )
-    deadline = time.monotonic() + 30
-    while proxy.snapshot().bytes_down < MiB and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert proxy.snapshot().bytes_down >= MiB, "the copy never started streaming"
+    image, _dst = start_slow_copy(
+        icp, "slow", registry_v2, registry_v3, netproxy, unique_repo,
+        size=16 * MiB, bandwidth_bps=2 * MiB, seed=11,
+    )  # fmt: skip
     assert ha.handled(namespace, "slow") == [active]
 
     stopping = time.monotonic()
@@ -186,16 +222,7 @@ def test_graceful_sigterm_hands_over_at_once_and_never_overlaps(
     obj = icp.wait_condition("slow", reason="Copied", timeout=120, operator=standby)
     assert obj["status"]["destinationDigest"] == image.digest
     # (its daemon starts at once, its copy after the takeover grace: controller/takeover.py).
-    last_active = max(t for t in map(log_time, object_lines(active, namespace, "slow")) if t)
-    took_over = [
-        t
-        for line in object_lines(standby, namespace, "slow")
-        if "takeover grace (peering)" in line and (t := log_time(line))
-    ]
-    assert took_over, "the standby's first copy did not wait the takeover grace"
-    print(f"slow copy: the standby started copying {took_over[0] - last_active} after")
-    assert took_over[0] > last_active
-    assert not [line for line in copy_lines(active, namespace, "slow") if "=Copied" in line]
+    assert_took_over_after(active, standby, namespace, "slow")
     assert [p for p in ha.copied(namespace, "slow") if p is standby] == [standby]
 
 
@@ -220,21 +247,11 @@ def test_a_higher_priority_replica_joining_mid_copy_takes_over_without_overlap(
     old.start()
     ha.wait_active(old)
 
-    src, dst = unique_repo("dev/rollout"), unique_repo("prod/rollout")
-    image = push_big_image(registry_v2, src, "1", size=32 * MiB, seed=12)
-    proxy = netproxy(registry_v2.host, bandwidth_bps=1 * MiB)  # ~32 s for the layer
     mark = registry_v3.mark()
-    icp.apply(
-        "rollout",
-        {
-            "source": {"image": f"{proxy.address}/{src}:1"},
-            "destination": {"image": registry_v3.ref(dst, "1")},
-        },
-    )
-    deadline = time.monotonic() + 30
-    while proxy.snapshot().bytes_down < MiB and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert proxy.snapshot().bytes_down >= MiB, "the copy never started streaming"
+    image, dst = start_slow_copy(
+        icp, "rollout", registry_v2, registry_v3, netproxy, unique_repo,
+        size=32 * MiB, bandwidth_bps=1 * MiB, seed=12,  # ~32 s for the layer
+    )  # fmt: skip
     assert ha.handled(namespace, "rollout") == [old]
 
     joined = time.monotonic()
@@ -249,18 +266,9 @@ def test_a_higher_priority_replica_joining_mid_copy_takes_over_without_overlap(
 
     obj = icp.wait_condition("rollout", reason="Copied", timeout=180, operator=newcomer)
     assert obj["status"]["destinationDigest"] == image.digest
-    # The old replica was interrupted mid-copy (else this test did not test a takeover) ...
-    assert not [line for line in copy_lines(old, namespace, "rollout") if "=Copied" in line]
-    # ... and the newcomer's copy began after the old replica's last line about the object.
-    last_old = max(t for t in map(log_time, object_lines(old, namespace, "rollout")) if t)
-    took_over = [
-        t
-        for line in object_lines(newcomer, namespace, "rollout")
-        if "takeover grace (peering)" in line and (t := log_time(line))
-    ]
-    assert took_over, "the newcomer's first copy did not wait the takeover grace"
-    print(f"rollout copy: the newcomer started copying {took_over[0] - last_old} after")
-    assert took_over[0] > last_old
+    # The old replica was interrupted mid-copy (else this test did not test a takeover), and
+    # the newcomer's copy began after the old replica's last line about the object.
+    assert_took_over_after(old, newcomer, namespace, "rollout")
     assert [p for p in ha.copied(namespace, "rollout") if p is newcomer] == [newcomer]
     time.sleep(2)  # a late duplicate write would show up in the access log by now
     assert manifest_puts(registry_v3, mark, dst) == 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -367,9 +366,11 @@ async def test_a_session_delete_that_hangs_does_not_hold_the_cancellation() -> N
             f"DELETE {UPLOADS}s1": [blocking(asyncio.Event(), status(204))],
         }
     )
-    started = time.monotonic()
-    await cancel_when(gate, ensure(registry, options=UploadOptions(cancel_timeout=0.2)))
-    assert time.monotonic() - started < 2
+    # The DELETE never answers: returning at all is the clean-up's own bound at work
+    # (wait_for only turns a regression into a failure instead of a hung test).
+    await asyncio.wait_for(
+        cancel_when(gate, ensure(registry, options=UploadOptions(cancel_timeout=0.2))), 60
+    )
     assert registry.seen[-1] == f"DELETE {UPLOADS}s1"
 
 

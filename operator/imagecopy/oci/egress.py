@@ -18,6 +18,7 @@ One rule (docs/reference.md §9), decided here and enforced where the request is
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,9 +33,13 @@ __all__ = ["EgressRule", "EgressTransport", "HostList", "Origin", "canonical_hos
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+@functools.lru_cache(maxsize=4096)
 def canonical_host(host: str) -> str:
     """A host as compared by the egress rule: lower-case, without brackets, an IP address in
-    its compressed form (``[::FFFF:7f00:1]`` and ``::ffff:127.0.0.1`` are one host)."""
+    its compressed form (``[::FFFF:7f00:1]`` and ``::ffff:127.0.0.1`` are one host).
+
+    Memoised: every request asks it of its URL's host (the egress rule, credential origins),
+    and parsing an address was 2 % of the operator's CPU in a 1,000-object burst."""
     bare = host.strip("[]").lower()
     try:
         return ipaddress.ip_address(bare).compressed
