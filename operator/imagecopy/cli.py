@@ -120,6 +120,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     cp.add_argument("--no-mount", action="store_true", help="never use cross-repository mounts")
     cp.add_argument(
+        "--check-first",
+        action="store_true",
+        help="HEAD the destination and the source before any GET: a re-run that is usually a "
+        "no-op then pulls nothing (Docker Hub counts manifest GETs), at one round trip more "
+        "when there is work",
+    )
+    cp.add_argument(
         "--mount-from",
         action="append",
         default=[],
@@ -381,6 +388,7 @@ def _copy(args: argparse.Namespace) -> int:
             tag_policy=TagPolicy(args.tag_policy),
             mount=not args.no_mount,
             mount_from=tuple(args.mount_from),
+            fetch_source_early=not args.check_first,
             concurrency=args.concurrency,
             bounds=bounds,
             dry_run=args.dry_run,

@@ -236,6 +236,32 @@ def test_dry_run_writes_nothing(registry_v2: RegistryServer) -> None:
     assert images.get_manifest(reg, dst.split("/", 1)[1].split(":")[0], "1").status_code == 404
 
 
+def test_a_no_op_rerun_gets_the_source_unless_told_to_check_first(
+    registry_v2: RegistryServer,
+) -> None:
+    """By default the source manifest is fetched while the destination is checked (no pull
+    saved, a round trip saved); --check-first keeps a usually-no-op cron run to HEADs."""
+    reg = registry_v2
+    src = images.push_image(reg, repo("dev"), "1", layers=2)
+    dst_repo = repo("prod")
+    dst = f"{reg.host}/{dst_repo}:1"
+    assert run("copy", src.ref, dst, "--plain-http", reg.host, "--quiet").returncode == 0
+
+    mark = reg.mark()
+    again = run("copy", src.ref, dst, "--plain-http", reg.host, "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["outcome"] == "UpToDate"
+    log = reg.access_log_since(mark)
+    assert sorted((e.method, e.repo) for e in log) == [("GET", src.repo), ("HEAD", dst_repo)]
+
+    mark = reg.mark()
+    checked = run("copy", src.ref, dst, "--plain-http", reg.host, "--json", "--check-first")
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["outcome"] == "UpToDate"
+    log = reg.access_log_since(mark)
+    assert [(e.method, e.repo) for e in log] == [("HEAD", dst_repo), ("HEAD", src.repo)]
+
+
 def test_same_registry_copy_sends_its_mounts_in_one_wave(
     registry_v2: RegistryServer, netproxy: Callable[..., NetProxy]
 ) -> None:
