@@ -221,3 +221,32 @@ def test_platform_filter_keeps_attestations_of_kept_platforms() -> None:
     assert same.data == manifest.data  # nothing dropped: source bytes kept
     with pytest.raises(InvalidSpec, match="linux/amd64"):
         filter_platforms(manifest, (parse_platform("linux/ppc64le"),), "src")
+
+
+async def test_a_transfer_gate_that_refuses_is_entered_once_for_every_waiting_upload() -> None:
+    """Uploads that queued for the gate while its first entry failed get that failure; none
+    tries to enter again (the integration test saw two entries on a fresh machine)."""
+    import asyncio
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+
+    from imagecopy.copy.engine import _TransferGate
+
+    entries = 0
+
+    class Refused(Exception):
+        pass
+
+    @asynccontextmanager
+    async def refusing() -> AsyncIterator[None]:
+        nonlocal entries
+        entries += 1
+        await asyncio.sleep(0.01)  # the other uploads queue meanwhile
+        raise Refused
+        yield  # pragma: no cover
+
+    gate = _TransferGate(refusing)
+    async with gate:
+        results = await asyncio.gather(*(gate.open() for _ in range(4)), return_exceptions=True)
+    assert entries == 1
+    assert all(isinstance(r, Refused) for r in results)

@@ -184,21 +184,29 @@ class Copier:
 
 class _TransferGate:
     """``CopyOptions.transfer_gate`` of one copy: entered on the first ``open`` (concurrent
-    uploads wait for that one entry), left when the copy's ``async with`` ends."""
+    uploads wait for that one entry), left when the copy's ``async with`` ends. An entry
+    that fails is not tried again: the uploads that waited for it get the same failure."""
 
     def __init__(self, gate: Callable[[], AbstractAsyncContextManager[object]] | None) -> None:
         self._gate = gate
         self._stack = AsyncExitStack()
         self._lock = asyncio.Lock()
         self._open = gate is None
+        self._failure: BaseException | None = None
 
     async def open(self) -> None:
         if self._open:
             return
         async with self._lock:
+            if self._failure is not None:
+                raise self._failure
             if not self._open:
                 assert self._gate is not None
-                await self._stack.enter_async_context(self._gate())
+                try:
+                    await self._stack.enter_async_context(self._gate())
+                except BaseException as exc:
+                    self._failure = exc
+                    raise
                 self._open = True
 
     async def __aenter__(self) -> _TransferGate:
